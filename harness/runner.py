@@ -1,0 +1,319 @@
+"""Plan runs (variant x seed) and execute one plan into a stored run record.
+
+`plan_runs` decides what has to run (skipping runs already complete in the store);
+`claim` reserves a run folder under the store lock; `execute_plan` launches the process,
+parses its log and writes the final record. Executors (local here, Slurm in `harness.slurm`)
+only decide *where* `execute_plan` is called.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from harness import __version__
+from harness.errors import UserError
+from harness.launch import ProcessResult, classify, run_process
+from harness.logs import parse_log
+from harness.record import COMPLETE, RunRecord, redact
+from harness.spec import Registry, VariantSpec, config_key, run_config, run_key
+from harness.store import Store, StoredRun, lock_or_fail, owner_alive, owner_info
+
+LineCallback = Callable[[str], None]
+
+
+class RunInterrupted(Exception):
+    """The user stopped the harness (Ctrl-C / SIGTERM) during a run; remaining runs are not started."""
+
+
+@dataclass
+class RunPlan:
+    """Everything needed to execute one run, picklable (it travels to Slurm jobs)."""
+
+    variant: str
+    track: str
+    seed: int
+    run_key: str
+    config_key: str
+    command: list[str]
+    results_root: str
+    env: dict[str, str] = field(default_factory=dict)  # overrides on top of the inherited environment
+    cwd: str | None = None  # None: the run folder
+    timeout_s: float | None = None
+    time_limit_s: float | None = None  # the leaderboard track's training-time cap
+    provenance: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None  # set by `claim`
+    run_dir: str | None = None  # set by `claim`
+
+
+@dataclass
+class Plan:
+    """What `harness run` will do: runs to launch and runs skipped (already complete / in progress)."""
+
+    to_run: list[RunPlan]
+    complete: list[StoredRun]
+    in_progress: list[StoredRun]
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------- hardware and tracks
+
+
+def visible_gpus() -> list[str]:
+    """Names of the CUDA GPUs this process may use (nvidia-smi, honouring CUDA_VISIBLE_DEVICES)."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    names = [ln.strip() for ln in out.splitlines() if ln.strip()]
+    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if vis is not None:
+        idx = [int(i) for i in vis.split(",") if i.strip().isdigit()]
+        names = [names[i] for i in idx if i < len(names)]
+    return names
+
+
+def choose_track(requested: str | None, specs: list[VariantSpec]) -> tuple[str, str]:
+    """The track to run on and a one-line reason."""
+    if requested:
+        if requested not in ("mini", "upstream"):
+            raise UserError(f"unknown --track '{requested}'; use mini or upstream")
+        return requested, f"track: {requested} (forced with --track)"
+    need = max((s.upstream.nproc_per_node for s in specs if s.upstream), default=8)
+    gpus = visible_gpus()
+    if len(gpus) >= need and all(s.upstream for s in specs):
+        return "upstream", f"track: upstream ({len(gpus)} CUDA GPUs visible: {gpus[0]})"
+    why = "no CUDA GPUs visible" if not gpus else f"{len(gpus)} CUDA GPUs visible"
+    return "mini", f"track: mini ({why}; the upstream track needs {need}; --track upstream forces it)"
+
+
+def hardware_class(track: str, spec: VariantSpec) -> str:
+    if track == "mini":
+        return "cpu" if "cuda" not in (spec.mini.args if spec.mini else ()) else "cuda"
+    gpus = visible_gpus()
+    n = spec.upstream.nproc_per_node if spec.upstream else 0
+    return f"{n}x{gpus[0]}" if gpus else f"{n}xGPU (none visible at planning time)"
+
+
+def _harness_commit() -> str | None:
+    here = Path(__file__).resolve().parent.parent
+    if not (here / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _pkg_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def base_provenance(spec: VariantSpec, track: str, extra_args: tuple[str, ...]) -> dict[str, Any]:
+    """Where a run comes from: spec, config, software, machine. Never environment values."""
+    return {
+        "spec_path": str(spec.path),
+        "spec_sha256": spec.sha256,
+        "config": run_config(spec, track, extra_args),
+        "config_key": config_key(spec, track, extra_args),
+        "hardware": hardware_class(track, spec),
+        "argv": [redact(a) for a in sys.argv],
+        "harness_version": __version__,
+        "harness_commit": _harness_commit(),
+        "python": platform.python_version(),
+        "torch": _pkg_version("torch"),
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def mini_command(spec: VariantSpec, seed: int, extra_args: tuple[str, ...]) -> list[str]:
+    assert spec.mini is not None
+    return [sys.executable, "-m", "harness.mini.train", *spec.mini.args, *extra_args, "--seed", str(seed)]
+
+
+def make_plan(
+    spec: VariantSpec,
+    track: str,
+    seed: int,
+    store: Store,
+    extra_args: tuple[str, ...] = (),
+    timeout_s: float | None = None,
+) -> RunPlan:
+    ckey = config_key(spec, track, extra_args)
+    prov = base_provenance(spec, track, extra_args)
+    if track == "mini":
+        cmd = mini_command(spec, seed, extra_args)
+    else:
+        cmd = upstream_command(spec, seed, extra_args)
+    prov["command"] = [redact(c) for c in cmd]
+    return RunPlan(
+        variant=spec.name,
+        track=track,
+        seed=seed,
+        run_key=run_key(ckey, seed),
+        config_key=ckey,
+        command=cmd,
+        results_root=str(store.root),
+        env={"PYTHONUNBUFFERED": "1"},
+        timeout_s=timeout_s,
+        time_limit_s=spec.track.time_limit_s if track == "upstream" else None,
+        provenance=prov,
+    )
+
+
+def upstream_command(spec: VariantSpec, seed: int, extra_args: tuple[str, ...]) -> list[str]:
+    """The torchrun command for the real script; the working tree is prepared by `harness.source`."""
+    if spec.upstream is None:
+        raise UserError(f"variant '{spec.name}' has no [upstream] section; use --track mini")
+    u = spec.upstream
+    cmd = ["torchrun", "--standalone", f"--nproc_per_node={u.nproc_per_node}", u.script, *u.args, *extra_args]
+    if u.seed_flag:
+        cmd += [u.seed_flag, str(seed)]
+    return cmd
+
+
+def parse_seeds(seeds: int | None, seed_list: str | None) -> list[int]:
+    if seed_list is not None:
+        try:
+            out = [int(s) for s in seed_list.split(",") if s.strip() != ""]
+        except ValueError:
+            raise UserError(f"--seed-list must be comma-separated integers like 3,7,11, got {seed_list!r}") from None
+        if not out or any(s < 0 for s in out) or len(set(out)) != len(out):
+            raise UserError(f"--seed-list must name distinct non-negative integers, got {seed_list!r}")
+        return out
+    n = 1 if seeds is None else seeds
+    if n < 1:
+        raise UserError(f"--seeds must be a positive number of seeds, got {n}")
+    return list(range(n))
+
+
+def plan_runs(
+    specs: list[VariantSpec],
+    seeds: list[int],
+    track: str,
+    store: Store,
+    extra_args: tuple[str, ...] = (),
+    force: bool = False,
+    timeout_s: float | None = None,
+) -> Plan:
+    """Which (variant, seed) runs need launching. Interleaves variants seed by seed (ABAB...)."""
+    runs = {sr.record.run_key: sr for sr in store.runs()}
+    plan = Plan([], [], [])
+    for seed in seeds:
+        for spec in specs:
+            p = make_plan(spec, track, seed, store, extra_args, timeout_s)
+            prev = runs.get(p.run_key)
+            if prev is not None and not force:
+                if prev.record.status in COMPLETE:
+                    plan.complete.append(prev)
+                    continue
+                if prev.record.status in ("running", "pending") and owner_alive(prev.record.executor) is not False:
+                    plan.in_progress.append(prev)
+                    continue
+            plan.to_run.append(p)
+    return plan
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+def claim(plan: RunPlan, store: Store, force: bool = False, executor: dict[str, Any] | None = None) -> bool:
+    """Reserve a run folder and write a `pending` record, under the store lock.
+
+    Returns False (and claims nothing) if, by now, another harness completed or is running this run.
+    """
+    with lock_or_fail(store):
+        prev = store.find(plan.run_key)
+        if prev is not None and not force:
+            st = prev.record.status
+            if st in COMPLETE or (st in ("running", "pending") and owner_alive(prev.record.executor) is not False):
+                return False
+        run_id, run_dir = store.new_run_dir(plan.variant, plan.track, plan.seed, plan.run_key)
+        plan.run_id, plan.run_dir = run_id, str(run_dir)
+        record = RunRecord(
+            run_id=run_id,
+            variant=plan.variant,
+            track=plan.track,
+            seed=plan.seed,
+            run_key=plan.run_key,
+            status="pending",
+            provenance=plan.provenance,
+            executor=executor or owner_info(),
+        )
+        store.write(run_dir, record)
+    return True
+
+
+def execute_plan(plan: RunPlan, on_line: LineCallback | None = None, executor: dict[str, Any] | None = None) -> RunRecord:
+    """Run a claimed plan to its end and store the final record. Never raises for a failed run."""
+    assert plan.run_dir and plan.run_id, "claim() the plan first"
+    store = Store(plan.results_root)
+    run_dir = Path(plan.run_dir)
+    log_path = run_dir / "train.log"
+    record = RunRecord(
+        run_id=plan.run_id,
+        variant=plan.variant,
+        track=plan.track,
+        seed=plan.seed,
+        run_key=plan.run_key,
+        status="running",
+        provenance=dict(plan.provenance),
+        executor=executor or owner_info(),
+        started_at=now_iso(),
+    )
+    store.write(run_dir, record)
+
+    env = {**os.environ, **plan.env}
+    result: ProcessResult = run_process(
+        plan.command, Path(plan.cwd or run_dir), env, log_path, on_line=on_line, timeout_s=plan.timeout_s
+    )
+    return finish_record(record, run_dir, result, plan.time_limit_s, store)
+
+
+def finish_record(record: RunRecord, run_dir: Path, result: ProcessResult, time_limit_s: float | None, store: Store) -> RunRecord:
+    """Parse the log, classify the ending, write the final record."""
+    log_path = run_dir / record.log_file
+    text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
+    parsed = parse_log(text)
+    m = parsed.metrics
+    has_metric = m.min_val_loss is not None or m.final_val_loss is not None
+    status, error = classify(result, text, has_metric, parsed.diverged)
+    if time_limit_s is not None and m.training_time_s is not None:
+        m.over_time_limit = m.training_time_s > time_limit_s
+    record.metrics = m
+    record.status = status
+    record.error = redact(error) if error else None
+    record.returncode = result.returncode
+    record.ended_at = now_iso()
+    if parsed.data_sha256:
+        record.provenance["data_sha256"] = parsed.data_sha256
+    store.write(run_dir, record)
+    return record
