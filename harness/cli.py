@@ -121,11 +121,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"--extra-args cannot be parsed ({e}); quote it like --extra-args '--num-epochs 3'") from None
     track, why = choose_track(args.track, specs)
     store = Store(args.results)
+    if getattr(args, "executor", "local") == "slurm":
+        return _cmd_run_slurm(args, specs, seeds, track, extra, store, why)
     store.ensure_writable()
     con = _console(args)
     con.print(why)
 
-    plan = plan_runs(specs, seeds, track, store, extra, force=args.force, timeout_s=args.timeout * 60 if args.timeout else None)
+    plan = plan_runs(specs, seeds, track, store, extra, force=args.force, timeout_s=args.timeout * 60 if args.timeout else None,
+                     repo=args.repo, use_wandb=args.wandb)
+    if args.dry_run:
+        return _dry_run(plan, con)
+    if track == "upstream" and plan.to_run:
+        from harness.upstream import preflight_plans
+
+        preflight_plans(plan.to_run, specs, use_wandb=args.wandb)
     for sr in plan.in_progress:
         con.print(f"skip {sr.record.variant} seed {sr.record.seed}: in progress ({sr.record.status}, {sr.path})")
     if plan.complete:
@@ -164,7 +173,160 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_RUNS_FAILED if bad else EXIT_OK
 
 
+def _dry_run(plan: Any, con: Console) -> int:
+    """Per run: working tree, seed diff, exact command; nothing is launched or stored."""
+    for p in plan.to_run:
+        diff = (p.provenance.get("upstream") or {}).get("seed_diff")
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in p.env.items())
+        con.print(f"== {p.variant} seed {p.seed}\nworktree: {p.cwd or '(the run folder)'}", markup=False)
+        if diff is not None:
+            con.print(diff or "(script unchanged; seed passed as a flag)", markup=False, end="")
+        con.print(f"command: {env} {shlex.join(p.command)}", markup=False, soft_wrap=True)
+    con.print(f"dry run: {len(plan.to_run)} run(s) materialised, nothing launched")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- upstream: doctor / data / import
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from harness.preflight import render, run_preflight
+    from harness.upstream import data_check, materialise_run, work_root
+
+    data = None
+    nproc = 8
+    if args.variant:
+        from harness.spec import load_registry
+
+        spec = load_registry(args.variants).get(args.variant)
+        nproc = spec.upstream.nproc_per_node if spec.upstream else nproc
+        data = data_check(materialise_run(spec, None, work_root() / f"{spec.name}-doctor", args.repo), spec.name)
+    report = run_preflight(nproc, work_root(), use_wandb=args.wandb, data_check=data)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        _console(args).print(render(report))
+    return EXIT_OK if report.ok else EXIT_NO
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from harness.spec import load_registry
+    from harness.upstream import prepare_data
+
+    spec = load_registry(args.variants).get(args.variant)
+    folder = prepare_data(spec, repo=args.repo)
+    _console(args).print(f"data for {spec.name} ready and verified in {folder}")
+    return EXIT_OK
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from harness.spec import load_registry
+    from harness.store import Store
+    from harness.upstream import import_logs
+
+    spec = load_registry(args.variants).get(args.variant)
+    if args.seed is not None and args.seed < 0:
+        raise UserError(f"--seed must be a non-negative integer, got {args.seed}")
+    store = Store(args.results)
+    store.ensure_writable()
+    recs = import_logs(store, spec, [Path(x) for x in args.log], args.seed, args.hardware)
+    con = _console(args)
+    for r in recs:
+        con.print(f"imported {r.variant} seed {r.seed}: {r.status}, min val loss {r.metrics.min_val_loss} ({r.run_id})")
+    if len(recs) < len(args.log):
+        con.print(f"{len(args.log) - len(recs)} log(s) already imported, skipped")
+    if args.json:
+        print(json.dumps([r.to_dict() for r in recs], indent=2))
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- report / plan
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from harness import report
+    from harness.spec import default_variants_dir, load_registry
+    from harness.store import Store
+
+    store = Store(args.results)
+    vdir = Path(args.variants) if args.variants else default_variants_dir()
+    infos = report.infos_from_registry(load_registry(vdir)) if vdir.is_dir() else {}
+    data = report.build_report(store.load_table(), store.load_epochs(), args.variant, infos, metric=args.metric, alpha=args.alpha,
+                               record=args.record, min_effect=args.min_effect, track=args.track)  # fmt: skip
+    out = Path(args.out) if args.out else Path("reports") / data.name
+    paths = report.write_report(data, out)
+    con = _console(args)
+    report.print_tables(data, con)
+    con.print(f"report written to {paths['markdown']}")
+    if args.json:
+        print(json.dumps(report.summary_dict(data), indent=2))
+    return EXIT_OK
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from harness import report, stats
+    from harness.store import Store
+
+    stats.check_metric(args.metric)
+    basis = "--sigma"
+    if args.sigma is None:
+        sigma, n = report.sigma_from_runs(Store(args.results).load_table(), args.from_variant, args.metric, args.track)
+        basis = f"std of {args.metric} over {n} runs of {args.from_variant}"
+    else:
+        sigma = args.sigma
+    plan = stats.plan_seeds(args.effect, sigma, args.alpha, args.power, paired=args.paired)
+    if args.json:
+        print(json.dumps({**plan.to_dict(), "sigma_basis": basis}, indent=2))
+        return EXIT_OK
+    side = "pairs (same seeds on both sides)" if args.paired else "seeds per side"
+    _console(args).print(
+        f"{plan.n_per_side} {side} detect a difference of {plan.effect:g} with {plan.power:.0%} power "
+        f"(two-sided t-test, alpha {plan.alpha:g}; sigma {plan.sigma:.6g} from {basis}; effect/sigma {plan.effect_size:.3g}; "
+        f"power with {plan.n_per_side}: {plan.achieved_power:.1%})"
+    )
+    return EXIT_OK
+
+
+def _cmd_parse(args: argparse.Namespace) -> int:
+    from harness import logs
+
+    parsed = logs.parse_log(logs.read_log(args.log))
+    if args.json or args.csv:
+        sys.stdout.write(logs.format_parsed(parsed, "json" if args.json else "csv"))
+        return EXIT_OK
+    con = _console(args)
+    for table in logs.rich_tables(parsed):
+        con.print(table)
+    return EXIT_OK
+
+
+def _cmd_run_slurm(args: argparse.Namespace, specs: list, seeds: list[int], track: str, extra: tuple[str, ...], store: Any, why: str) -> int:
+    from harness.progress import runs_table
+    from harness.slurm import run_command
+
+    con = _console(args)
+    con.print(why)
+    code, records = run_command(args, specs, seeds, track, extra, store, con)
+    if records:
+        con.print(runs_table(records, title=f"runs this time ({track} track on Slurm, results in {store.root})"))
+    if args.json:
+        print(json.dumps([r.to_dict() for r in records], indent=2))
+    return code
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from harness.slurm import status_command
+
+    return status_command(args.results, args.json, _console(args))
+
+
 # ----------------------------------------------------------------------------- parser
+
+
+def _slurm_arguments(p: argparse.ArgumentParser) -> None:
+    from harness.slurm import add_arguments
+
+    add_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,12 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("list", help="list variants with track, compare_to and claims")
-    _add_common(p, results=False)
+    _add_common(p)
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("show", help="show one variant's spec")
     p.add_argument("variant")
-    _add_common(p, results=False)
+    _add_common(p)
     p.set_defaults(func=_cmd_show)
 
     p = sub.add_parser("run", help="run variants over seeds (mini track without GPUs)")
@@ -191,8 +353,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra-args", default=None, metavar="ARGS", help="extra arguments for the training script (part of the run's identity)")
     p.add_argument("--timeout", type=float, default=None, metavar="MIN", help="stop a run after this many minutes (status timeout)")
     p.add_argument("--verbose", "-v", action="store_true", help="stream the training output")
+    p.add_argument("--dry-run", action="store_true", help="materialise the runs and print worktree, seed diff and command; launch nothing")
+    p.add_argument("--repo", default=None, metavar="URL", help="upstream track: fetch from this repository instead of the spec's (fork, local mirror)")
+    p.add_argument("--wandb", action="store_true", help="upstream track: let the scripts log to wandb (default WANDB_MODE=disabled)")
     _add_common(p)
+    _slurm_arguments(p)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("status", help="runs pending/running/finished/failed, from the store and the scheduler")
+    _add_common(p)
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("report", help="statistics, verdicts and plots for variants: reports/<name>/REPORT.md")
+    p.add_argument("variant", nargs="*", help="variants to report (default: every variant in the store)")
+    p.add_argument("--out", metavar="DIR", default=None, help="report folder (default reports/<variants joined by +>)")
+    p.add_argument("--metric", default="min_val_loss", help="metric to compare (default min_val_loss)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level, two-sided (default 0.05)")
+    p.add_argument("--record", type=float, default=None, metavar="R", help="record to beat: one-sample t-test mean < R at p<0.01")
+    p.add_argument("--min-effect", type=float, default=0.0, metavar="D", help="smallest |difference| that counts as a gain/regression")
+    p.add_argument("--track", choices=("mini", "upstream"), default=None, help="only runs of this track (default: the most recent run's)")
+    _add_common(p)
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("plan", help="seeds per side needed to detect an effect")
+    p.add_argument("--effect", type=float, required=True, help="difference of means to detect, e.g. 0.001")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--sigma", type=float, default=None, help="run-to-run std of the metric")
+    g.add_argument("--from", dest="from_variant", metavar="VARIANT", default=None, help="estimate sigma from this variant's runs")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level, two-sided (default 0.05)")
+    p.add_argument("--power", type=float, default=0.8, help="wanted power (default 0.8)")
+    p.add_argument("--paired", action="store_true", help="both sides run the same seeds (sigma = std of paired differences)")
+    p.add_argument("--metric", default="min_val_loss", help="metric for --from (default min_val_loss)")
+    p.add_argument("--track", choices=("mini", "upstream"), default=None, help="with --from: only runs of this track")
+    _add_common(p)
+    p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("parse", help="parse a training log (any upstream format or the mini trainer): per-epoch table and summary")
+    p.add_argument("log", help="path of the log file")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true", help="JSON on stdout")
+    g.add_argument("--csv", action="store_true", help="CSV on stdout: per-epoch rows, a blank line, then metric,value rows")
+    p.set_defaults(func=_cmd_parse)
+
+    p = sub.add_parser("doctor", help="check this machine for the upstream track (GPUs, Hopper, disk, torchrun, data)")
+    p.add_argument("variant", nargs="?", default=None, help="also check this variant's data")
+    p.add_argument("--repo", default=None, metavar="URL", help="fetch from this repository instead of the spec's")
+    p.add_argument("--wandb", action="store_true", help="report the wandb mode a run with --wandb would use")
+    _add_common(p)
+    p.set_defaults(func=_cmd_doctor)
+
+    p = sub.add_parser("data", help="upstream data: `harness data prepare VARIANT` runs that commit's prepare_data.py")
+    p.add_argument("action", choices=("prepare",))
+    p.add_argument("variant")
+    p.add_argument("--repo", default=None, metavar="URL", help="fetch from this repository instead of the spec's")
+    _add_common(p)
+    p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("import", help="record runs done elsewhere from their logs (marked imported)")
+    p.add_argument("log", nargs="+", help="training log file(s) in upstream's format")
+    p.add_argument("--variant", required=True, help="the variant these logs ran")
+    p.add_argument("--seed", type=int, default=None, help="seed of the first log (next ones +1); default after the stored ones")
+    p.add_argument("--hardware", default="unknown (imported)", help="hardware class to record, e.g. '8xNVIDIA H100 80GB HBM3'")
+    _add_common(p)
+    p.set_defaults(func=_cmd_import)
     return parser
 
 

@@ -127,12 +127,27 @@ _FAILURE_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         "nccl",
         re.compile(
             r"NCCL (?:error|WARN)|ncclInternalError|ncclSystemError|ProcessGroupNCCL|DistBackendError"
-            r"|c10d.*(?:timed out|Timeout|error)|Connection reset by peer|Gloo.*(?:error|timeout)",
+            r"|c10d.*(?:timed out|Timeout|error)|Connection (?:reset|closed) by peer|Gloo.*(?:error|timeout)",
             re.I,
         ),
     ),
 ]
 _SIGKILL_IN_LOG = re.compile(r"exitcode\s*:\s*-9\b|Signal 9 \(SIGKILL\)")
+# torchrun's failure summary names the first rank that failed; peers then fail with secondary
+# errors (gloo/NCCL "Connection closed by peer"), so only the root rank's own lines are trusted.
+_ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
+_RANK_LINE = re.compile(r"^\[rank(\d+)\]:\s?(.*)$", re.M)
+
+
+def _root_rank_text(log_text: str) -> tuple[str, str | None]:
+    """(text to search for the cause, a ' (rank N)' note): the root-cause rank's `[rankN]:` lines
+    under torchrun, else the whole log."""
+    m = _ROOT_CAUSE.search(log_text)
+    if not m:
+        return log_text, None
+    rank = m.group(1)
+    own = [ln for r, ln in _RANK_LINE.findall(log_text) if r == rank]
+    return "\n".join(own), f"rank {rank}"
 
 
 def classify(result: ProcessResult, log_text: str, has_metric: bool, diverged: bool) -> tuple[str, str | None]:
@@ -148,15 +163,17 @@ def classify(result: ProcessResult, log_text: str, has_metric: bool, diverged: b
     rc = result.returncode
     if rc == 0:
         return ("ok", None) if has_metric else ("failed", "exited 0 but the log has no validation loss")
-    for status, pat in _FAILURE_PATTERNS:
-        m = pat.search(log_text)
-        if m:
-            return status, f"exit code {rc}: {m.group(0)}"
+    # A SIGKILLed worker is the cause even when a peer's collective error was observed first.
     if rc == -signal.SIGKILL or rc == 128 + signal.SIGKILL or _SIGKILL_IN_LOG.search(log_text):
         return "killed", f"killed by SIGKILL (exit {rc}); out of host memory or killed by the scheduler?"
+    focus, rank = _root_rank_text(log_text)
+    for status, pat in _FAILURE_PATTERNS:
+        m = pat.search(focus)
+        if m:
+            return status, f"exit code {rc}{' on ' + rank if rank else ''}: {m.group(0)}"
     if rc is not None and rc < 0:
         return "crashed", f"died on signal {signal.Signals(-rc).name}"
-    last_err = next((ln for ln in reversed(log_text.splitlines()) if re.match(r"\w*(Error|Exception)\b", ln)), None)
+    last_err = next((ln for ln in reversed(focus.splitlines()) if re.match(r"[\w.]*(Error|Exception)\b", ln)), None)
     if last_err:
         return "crashed", f"exit code {rc}: {last_err.strip()[:200]}"
     return "failed", f"exit code {rc}"

@@ -48,7 +48,7 @@ class EpochMetric:
 class Metrics:
     """Everything parsed from the log. Missing values are None, never NaN."""
 
-    epochs: list[EpochMetric] = field(default_factory=list)  # per-epoch val, in order
+    epochs: list[EpochMetric] = field(default_factory=list)  # per-epoch val in order; epoch 0 = initial eval
     initial_val_loss: float | None = None  # step-0 eval before training
     initial_val_bpb: float | None = None
     final_val_loss: float | None = None  # last per-epoch val loss

@@ -223,8 +223,13 @@ def plan_runs(
     extra_args: tuple[str, ...] = (),
     force: bool = False,
     timeout_s: float | None = None,
+    repo: str | None = None,
+    use_wandb: bool = False,
 ) -> Plan:
-    """Which (variant, seed) runs need launching. Interleaves variants seed by seed (ABAB...)."""
+    """Which (variant, seed) runs need launching. Interleaves variants seed by seed (ABAB...).
+
+    Upstream runs to launch are materialised here (worktree, patches, seed; `harness.upstream`), so a
+    bad patch or commit is a UserError before anything is claimed. `repo` overrides the spec's URL."""
     runs = {sr.record.run_key: sr for sr in store.runs()}
     plan = Plan([], [], [])
     for seed in seeds:
@@ -239,6 +244,10 @@ def plan_runs(
                     plan.in_progress.append(prev)
                     continue
             plan.to_run.append(p)
+    if track == "upstream" and plan.to_run:
+        from harness.upstream import prepare_plans
+
+        prepare_plans(plan.to_run, specs, repo=repo, use_wandb=use_wandb)
     return plan
 
 

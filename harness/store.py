@@ -20,7 +20,7 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from harness.errors import UserError
-from harness.record import COMPLETE, RunRecord
+from harness.record import COMPLETE, RunRecord, redact
 
 RECORD_FILE = "run.json"
 LOCK_FILE = ".harness.lock"
@@ -108,7 +108,9 @@ class Store:
         return FileLock(str(self.root / LOCK_FILE), timeout=timeout)
 
     def write(self, run_dir: Path, record: RunRecord) -> None:
-        atomic_write_text(run_dir / RECORD_FILE, json.dumps(record.to_dict(), indent=2, sort_keys=False) + "\n")
+        # Redact at the one place every record passes through: no secret reaches disk by any field.
+        text = redact(json.dumps(record.to_dict(), indent=2, sort_keys=False))
+        atomic_write_text(run_dir / RECORD_FILE, text + "\n")
 
     def new_run_dir(self, variant: str, track: str, seed: int, run_key: str) -> tuple[str, Path]:
         """Reserve the next attempt folder for a run (call under `lock()`)."""
@@ -198,7 +200,7 @@ class Store:
                     "peak_memory_mib": m.peak_memory_mib,
                     "tokens_per_s": m.tokens_per_s,
                     "steps": m.steps,
-                    "n_epochs": len(m.epochs),
+                    "n_epochs": sum(1 for e in m.epochs if e.epoch >= 1),
                     "over_time_limit": m.over_time_limit,
                     "path": str(sr.path),
                 }
