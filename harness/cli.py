@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -27,7 +28,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _console(args: argparse.Namespace) -> Console:
     # With --json, human output goes to stderr so stdout stays machine-readable.
-    return Console(stderr=bool(getattr(args, "json", False)), highlight=False)
+    con = Console(stderr=bool(getattr(args, "json", False)), highlight=False)
+    if not con.is_terminal and "COLUMNS" not in os.environ:
+        con.width = 140  # pipes and CI logs: don't squeeze tables into rich's 80-column default
+    return con
 
 
 def _add_common(p: argparse.ArgumentParser, results: bool = True) -> None:
@@ -58,7 +62,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             s.track.name,
             "-" if s.track.time_limit_min is None else f"{s.track.time_limit_min:g} min",
             s.compare_to or "-",
-            "-" if claim is None else f"{claim.val_loss:.6g}" + (f"-{claim.val_loss_max:.6g}" if claim.val_loss_max else ""),
+            "-" if claim is None else f"{claim.val_loss}" + (f"-{claim.val_loss_max}" if claim.val_loss_max else ""),
             "-" if claim is None or claim.training_minutes is None else f"{claim.training_minutes:g} min",
             ", ".join(k for k in ("upstream", "mini") if getattr(s, k) is not None),
         )

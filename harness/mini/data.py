@@ -101,22 +101,22 @@ def _filler(rng: _Rng, who: list[str], places: list[str]) -> str:
 def make_document(rng: _Rng) -> str:
     """One document: facts about a few people, filler, then queries and a copy task."""
     names, places = _lexicon()
-    people = rng.sample(names, 3 + rng.int(4))
+    people = rng.sample(names, 2 + rng.int(3))
     home = {p: rng.choice(places) for p in people}
     item = {p: rng.choice(_TOOLS) for p in people}
     lines = [f"{p} lives in {home[p]} and keeps a {item[p]} ." for p in people]
     body: list[str] = []
-    for _ in range(4 + rng.int(8)):
+    for _ in range(3 + rng.int(5)):
         body.append(_filler(rng, people, places))
-        if rng.int(3) == 0:  # queries are interleaved with filler, at varying distances from the facts
+        if rng.int(2) == 0:  # queries are interleaved with filler, at varying distances from the facts
             p = rng.choice(people)
             if rng.int(2):
                 body.append(f"q : where does {p} live ? a : {home[p]} .")
             else:
                 body.append(f"q : what does {p} keep ? a : {item[p]} .")
-    seq = [rng.choice(_COPY_WORDS) for _ in range(4 + rng.int(6))]
+    seq = [rng.choice(_COPY_WORDS) for _ in range(3 + rng.int(5))]
     body.append(f"list : {' '.join(seq)} .")
-    body.extend(_filler(rng, people, places) for _ in range(rng.int(3)))
+    body.extend(_filler(rng, people, places) for _ in range(rng.int(2)))
     body.append(f"again : {' '.join(seq)} .")
     p = rng.choice(people)
     body.append(f"q : where does {p} live ? a : {home[p]} .")

@@ -23,8 +23,8 @@ from harness.mini.optim import MuonAdamW
 # Presets. `default`: the real mini config (one seed of any variant in <= ~40 s on 2 CPU cores).
 # `smoke`: a tiny config for tests (~1-3 s). Any model-size flag overrides its preset value.
 PRESETS: dict[str, dict] = {
-    "default": dict(n_layer=4, n_head=4, n_embd=128, seq_len=128, batch_size=16, num_epochs=4,
-                    train_docs=700, val_docs=60, matrix_lr=0.03, adam_lr=0.008, embed_lr=0.3, mix_lr=0.02,
+    "default": dict(n_layer=4, n_head=4, n_embd=64, seq_len=128, batch_size=8, num_epochs=4,
+                    train_docs=320, val_docs=50, matrix_lr=0.03, adam_lr=0.008, embed_lr=0.3, mix_lr=0.02,
                     weight_decay=0.0, dropout=0.0),
     "smoke": dict(n_layer=2, n_head=2, n_embd=32, seq_len=32, batch_size=8, num_epochs=2,
                   train_docs=30, val_docs=6, matrix_lr=0.03, adam_lr=0.01, embed_lr=0.3, mix_lr=0.02,
