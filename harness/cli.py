@@ -324,6 +324,26 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return status_command(args.results, args.json, _console(args))
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from harness import check
+
+    opts = check.CheckOptions(
+        candidate=args.candidate, against=args.against, mode=args.mode, margin=args.margin, alpha=args.alpha,
+        power=args.power, min_seeds=args.seeds, max_seeds=args.max_seeds, record=args.record, ref=args.ref,
+        patch=args.patch, aa=args.aa, track=args.track, executor=args.executor, results=args.results,
+        variants=args.variants, repo=args.repo, timeout_s=args.timeout * 60 if args.timeout else None, slurm_args=args,
+    )
+    con = _console(args)
+    res = check.run_check(opts, log=lambda line: con.print(line, markup=False, highlight=False))
+    md = check.markdown(res)
+    con.print(md, markup=False, highlight=False)
+    check.write_step_summary(md)
+    con.print(check.verdict_line(res), markup=False, highlight=False)
+    if args.json:
+        print(json.dumps(check.to_dict(res), indent=2))
+    return res.exit_code
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -412,6 +432,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", default=None, metavar="URL", help="fetch from this repository instead of the spec's")
     _add_common(p)
     p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("check", help="PR gate: paired seed rounds, sequential test; exit 0 pass, 1 fail, 3 not shown, 4 runs failed")
+    p.add_argument("candidate", nargs="?", default=None, help="candidate variant (omit with --aa or --ref/--patch)")
+    p.add_argument("--against", required=True, metavar="BASELINE", help="baseline variant")
+    p.add_argument("--mode", choices=("gain", "no-regression"), default="gain", help="gain: pass only on a real gain; no-regression: pass unless worse by --margin")
+    p.add_argument("--margin", type=float, default=None, help="loss margin: the gain to detect / the allowed regression (default 0.001 upstream, 0.05 mini)")
+    p.add_argument("--alpha", type=float, default=0.05, help="error rate of a wrong pass, over all looks (default 0.05)")
+    p.add_argument("--power", type=float, default=0.9, help="power at the margin; futility is tested at 1-power (default 0.9)")
+    p.add_argument("--seeds", type=int, default=3, metavar="MIN", help="seed pairs at the first look (default 3)")
+    p.add_argument("--max-seeds", type=int, default=10, metavar="MAX", help="most seed pairs before 'not shown' (default 10)")
+    p.add_argument("--record", type=float, default=None, metavar="R", help="also report a one-sided t-test of the candidate's mean < R")
+    p.add_argument("--ref", default=None, help="upstream: candidate = baseline spec at this commit/branch/refs/pull/N/head")
+    p.add_argument("--patch", default=None, metavar="FILE", help="upstream: candidate = baseline spec + this patch")
+    p.add_argument("--aa", action="store_true", help="A/A calibration: the baseline against itself (other seeds)")
+    p.add_argument("--track", choices=("mini", "upstream"), default=None, help="force a track (default: upstream iff enough GPUs)")
+    p.add_argument("--repo", default=None, metavar="URL", help="upstream: fetch from this repository instead of the spec's")
+    p.add_argument("--timeout", type=float, default=None, metavar="MIN", help="stop a run after this many minutes")
+    _add_common(p)
+    _slurm_arguments(p)
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("import", help="record runs done elsewhere from their logs (marked imported)")
     p.add_argument("log", nargs="+", help="training log file(s) in upstream's format")
