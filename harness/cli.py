@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -117,7 +118,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     reg = load_registry(args.variants)
     specs = [reg.get(n) for n in dict.fromkeys(args.variant)]
     seeds = parse_seeds(args.seeds, args.seed_list)
-    if args.timeout is not None and args.timeout <= 0:
+    if args.timeout is not None and not (0 < args.timeout < math.inf):  # also refuses nan
         raise UserError(f"--timeout must be a positive number of minutes, got {args.timeout}")
     try:
         extra = tuple(shlex.split(args.extra_args or ""))
@@ -274,8 +275,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     stats.check_metric(args.metric)
     basis = "--sigma"
     if args.sigma is None:
-        sigma, n = report.sigma_from_runs(Store(args.results).load_table(), args.from_variant, args.metric, args.track)
-        basis = f"std of {args.metric} over {n} runs of {args.from_variant}"
+        sigma, basis = report.sigma_basis(Store(args.results).load_table(), args.from_variant, args.metric, args.track, args.paired)
     else:
         sigma = args.sigma
     plan = stats.plan_seeds(args.effect, sigma, args.alpha, args.power, paired=args.paired)

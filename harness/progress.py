@@ -67,10 +67,15 @@ class RunDisplay:
 
     def finish_run(self, task: TaskID, record: RunRecord) -> None:
         ok = record.status == "ok"
+        upd: dict[str, object] = {}
+        done = [e.epoch for e in record.metrics.epochs if e.epoch >= 1]
+        if done:  # scripts announce "Starting epoch N+1" before the last eval: show the epochs actually finished
+            upd["epoch"] = max(done)
         self.progress.update(
             task,
             completed=100.0 if ok else self.progress.tasks[task].completed,
             eta="done" if ok else record.status.upper(),
+            **upd,
         )
 
 

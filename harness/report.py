@@ -9,6 +9,7 @@ bad input before anything is written. `write_report(data, out_dir)` writes the f
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import json
 import math
 from dataclasses import dataclass, field
@@ -115,13 +116,22 @@ def build_report(
     lower = S.check_metric(metric)
     if not 0 < alpha < 1:
         raise UserError(f"--alpha must lie strictly between 0 and 1 (got {alpha})")
-    if min_effect < 0:
-        raise UserError(f"minimum effect must be >= 0 (got {min_effect})")
+    if not 0 <= min_effect < math.inf:  # also refuses nan, which would silently turn every verdict into "within noise"
+        raise UserError(f"--min-effect must be a finite number >= 0 (got {min_effect})")
+    if record is not None:
+        if not math.isfinite(record):
+            raise UserError(f"--record must be a finite loss such as 3.188 (got {record})")
+        if not lower:
+            raise UserError(f"--record tests mean < R, which only makes sense for a lower-is-better metric, not {metric}")
     known = set(runs["variant"]) if len(runs) else set()
     requested = list(dict.fromkeys(variants)) or sorted(known)
+    if not requested:
+        raise UserError("the results store has no runs and no variant was named; run `harness run VARIANT` first or pass --results DIR")
     unknown = [v for v in requested if v not in known and v not in infos]
     if unknown:
-        raise UserError(f"unknown variant(s): {', '.join(unknown)}; list variants with `harness list` or run them first")
+        close = {m for v in unknown for m in difflib.get_close_matches(v, sorted(known | set(infos)), n=3, cutoff=0.5)}
+        hint = f"did you mean {', '.join(sorted(close))}? " if close else ""
+        raise UserError(f"unknown variant(s): {', '.join(unknown)}; {hint}list variants with `harness list` or run them first")
     if track is not None and len(runs) and track not in set(runs["track"]):
         raise UserError(f"no runs on track {track!r} in the store; drop --track or run that track first")
     # a variant's reference joins the report so its comparison can be made
@@ -520,3 +530,17 @@ def sigma_from_runs(runs: pd.DataFrame, variant: str, metric: str = "min_val_los
     if sel.n < 2 or float(np.std(sel.values, ddof=1)) == 0:
         raise UserError(f"{variant!r} has {sel.n} complete run(s) with {metric}; need >= 2 that differ to estimate sigma, or pass --sigma")
     return float(np.std(sel.values, ddof=1)), sel.n
+
+
+def sigma_basis(runs: pd.DataFrame, variant: str, metric: str, track: str | None, paired: bool) -> tuple[float, str]:
+    """Sigma for `harness plan --from` and a phrase saying where it came from.
+
+    With --paired the power calculation needs the std of paired differences, which one variant's
+    runs cannot give: sqrt(2) x the run-to-run std is that std when the seed shares nothing between
+    the two sides, and an upper bound otherwise (so the plan errs towards more seeds)."""
+    sigma, n = sigma_from_runs(runs, variant, metric, track)
+    basis = f"std of {metric} over {n} runs of {variant}"
+    if paired:
+        return sigma * math.sqrt(2), basis + " x sqrt(2) (std of a paired difference with no shared seed effect; --sigma gives a measured one)"
+    return sigma, basis
+

@@ -200,18 +200,26 @@ def upstream_command(spec: VariantSpec, seed: int, extra_args: tuple[str, ...]) 
     return cmd
 
 
+MAX_SEEDS = 10_000  # far beyond any useful study; stops a typo from planning billions of runs
+
+
 def parse_seeds(seeds: int | None, seed_list: str | None) -> list[int]:
     if seed_list is not None:
         try:
             out = [int(s) for s in seed_list.split(",") if s.strip() != ""]
         except ValueError:
             raise UserError(f"--seed-list must be comma-separated integers like 3,7,11, got {seed_list!r}") from None
-        if not out or any(s < 0 for s in out) or len(set(out)) != len(out):
-            raise UserError(f"--seed-list must name distinct non-negative integers, got {seed_list!r}")
+        if not out or any(not 0 <= s < 2**32 for s in out) or len(set(out)) != len(out):
+            # 2**32: numpy's and most training scripts' seed range
+            raise UserError(f"--seed-list must name distinct integers from 0 to {2**32 - 1}, got {seed_list!r}")
+        if len(out) > MAX_SEEDS:
+            raise UserError(f"--seed-list names {len(out)} seeds; at most {MAX_SEEDS} per command")
         return out
     n = 1 if seeds is None else seeds
     if n < 1:
         raise UserError(f"--seeds must be a positive number of seeds, got {n}")
+    if n > MAX_SEEDS:
+        raise UserError(f"--seeds {n} is more than {MAX_SEEDS}; ask for fewer seeds (runs are stored, so you can add more later)")
     return list(range(n))
 
 

@@ -632,8 +632,10 @@ def describe_epoch_delta(delta: pd.DataFrame, variant: str, reference: str) -> s
     parts = []
     tested = d[d["verdict"] != "not enough runs"]
     if len(tested):
-        best = tested.loc[tested["diff"].idxmin()]
-        word = "ahead" if best["diff"] < 0 else "behind"
+        # the epoch where the variant leads most; if it never leads, where it trails most
+        ahead = (tested["diff"] < 0).any()
+        best = tested.loc[tested["diff"].idxmin() if ahead else tested["diff"].idxmax()]
+        word = "ahead" if ahead else "behind"
         sig = "significant" if best["verdict"] != "within noise" else "within noise"
         parts.append(f"{variant} most {word} by {abs(best['diff']):.4f} at epoch {int(best['epoch'])} ({sig})")
     last = d.iloc[-1]

@@ -14,7 +14,7 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pandas as pd
 from filelock import FileLock, Timeout
@@ -75,6 +75,16 @@ def owner_alive(executor: dict[str, object]) -> bool | None:
     return start is not None and start == executor.get("pid_start")
 
 
+def _redact_strings(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {k: _redact_strings(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_redact_strings(v) for v in obj]
+    return obj
+
+
 @dataclass(frozen=True)
 class StoredRun:
     path: Path  # the run folder
@@ -109,7 +119,9 @@ class Store:
 
     def write(self, run_dir: Path, record: RunRecord) -> None:
         # Redact at the one place every record passes through: no secret reaches disk by any field.
-        text = redact(json.dumps(record.to_dict(), indent=2, sort_keys=False))
+        # Strings are redacted before JSON encoding, which would escape quotes, backslashes and
+        # non-ASCII characters of a secret out of `redact`'s sight.
+        text = json.dumps(_redact_strings(record.to_dict()), indent=2, sort_keys=False)
         atomic_write_text(run_dir / RECORD_FILE, text + "\n")
 
     def new_run_dir(self, variant: str, track: str, seed: int, run_key: str) -> tuple[str, Path]:

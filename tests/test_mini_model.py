@@ -216,3 +216,15 @@ def test_impossible_shapes_are_rejected_with_one_line(kw, words):
     with pytest.raises(ConfigError) as e:
         validate_config(small(**kw))
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_rotary_positions_for_pseudo_tokens():
+    """token: the P pseudo-tokens of token t share position t; pseudo: position = expanded index."""
+    tok = GPT(small(attn="interleaved", iha_p=3, iha_rope="token", seq_len=18))
+    pse = GPT(small(attn="interleaved", iha_p=3, iha_rope="pseudo", seq_len=18))
+    cos_t, _ = tok.rotary(5, torch.device("cpu"))
+    cos_p, _ = pse.rotary(5, torch.device("cpu"))
+    assert cos_t.shape[1] == cos_p.shape[1] == 15
+    ref_t, _ = rotary_tables(torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]), 8)
+    ref_p, _ = rotary_tables(torch.arange(15), 8)
+    assert torch.equal(cos_t, ref_t) and torch.equal(cos_p, ref_p)

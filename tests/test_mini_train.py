@@ -121,20 +121,36 @@ def run_proc(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("args, words", [
+BAD_INPUT = [
     (["--n-head", "3"], "does not divide"),
     (["--attn", "interleaved", "--iha-p", "0"], "--iha-p"),
     (["--short-window", "999"], "--short-window"),
+    (["--attn", "interleaved", "--iha-p", "5"], "too short"),
     (["--no-such-flag"], "unrecognized"),
     (["--num-epochs", "0"], "--num-epochs"),
     pytest.param(["--device", "cuda"], "no CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="only meaningful without a GPU")),
-])
+]
+
+
+@pytest.mark.parametrize("args, words", [BAD_INPUT[0], BAD_INPUT[4]])
 def test_bad_input_is_one_error_line_and_exit_2(args, words):
     p = run_proc(*args)
     assert p.returncode == 2
     assert p.stdout == ""  # rejected before anything is built or trained
     err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and words in err[0]
+
+
+@pytest.mark.parametrize("args, words", BAD_INPUT)
+def test_bad_input_in_process(capsys, args, words):
+    try:
+        rc = main([*SMOKE, *args])
+    except SystemExit as e:  # argparse's own errors leave through our one-line `error` override
+        rc = e.code
+    out = capsys.readouterr()
+    assert rc == 2 and out.out == ""
+    err = out.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and words in err[0]
 
 

@@ -229,3 +229,14 @@ def test_cli_report_and_plan(store: Store, tmp_path: Path):
     txt = cli("plan", "--effect", "0.001", "--sigma", "0.0012", cwd=tmp_path)
     assert txt.returncode == 0 and txt.stdout.startswith("24 seeds per side")
     assert cli("plan", "--effect", "0.001", cwd=tmp_path).returncode == 2
+
+
+def test_plan_from_runs_with_paired_uses_the_std_of_a_difference(store: Store):
+    from harness.stats import plan_seeds
+
+    runs, _ = tables(store)
+    s1, b1 = R.sigma_basis(runs, "base", "min_val_loss", None, paired=False)
+    s2, b2 = R.sigma_basis(runs, "base", "min_val_loss", None, paired=True)
+    assert "4 runs of base" in b1 and s2 == pytest.approx(s1 * np.sqrt(2)) and "sqrt(2)" in b2
+    # per-run sigma taken as the std of differences would halve the seeds; with nothing shared, pairing gains ~nothing
+    assert plan_seeds(0.003, s2, paired=True).n_per_side >= plan_seeds(0.003, s1).n_per_side - 1

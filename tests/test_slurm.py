@@ -253,3 +253,23 @@ def test_preempted_run_requeued_in_place(variants: Path, tmp_path: Path) -> None
     (final,) = _records(results)  # one record, in the same folder
     assert final.run_id == rec.run_id and final.status == "ok"
     assert final.executor["previous_jobs"] == [h.job_id] and final.executor["job_id"] != h.job_id
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_check_on_slurm_interleaves_candidate_and_baseline(variants: Path, tmp_path: Path) -> None:
+    """`harness check --executor slurm`: one job per run, submitted candidate, baseline, candidate, baseline."""
+    results = tmp_path / "results"
+    write_variant(variants, "worse", FAST[:-2] + ["--max-steps", "1", "--threads", "1"])  # test-only handicap
+    r = harness("check", "worse", "--against", "fast", "--mode", "no-regression", "--margin", "0.5", "--seeds", "2",
+                "--max-seeds", "2", "--executor", "slurm", "--time-limit", "10", "--track", "mini", "--json",
+                "--variants", str(variants), "--results", str(results))  # fmt: skip
+    out = json.loads(r.stdout)
+    assert r.returncode in (1, 3) and out["runs_launched"] == 4, r.stderr  # a decision or not shown, all measured
+    recs = _records(results)
+    assert all(x.executor["kind"] == "slurm" and x.status == "ok" for x in recs)
+    order = [(x.variant, x.seed) for x in sorted(recs, key=lambda x: int(x.executor["job_id"]))]
+    assert order == [("worse", 0), ("fast", 0), ("worse", 1), ("fast", 1)]  # ABAB by job id
+    assert {(p["candidate_run"], p["baseline_run"]) for p in out["pairs"]} == {
+        (c.run_id, b.run_id) for c in recs for b in recs if c.variant == "worse" and b.variant == "fast" and c.seed == b.seed
+    }

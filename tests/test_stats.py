@@ -369,3 +369,11 @@ def test_epoch_delta_single_run_sides():
     assert set(delta["verdict"]) == {"not enough runs"}
     assert "not enough runs" in S.describe_epoch_delta(delta, "a", "b")
     assert S.epoch_summary(e, []).empty
+
+
+def test_epoch_sentence_for_a_variant_that_never_leads_names_its_largest_deficit():
+    # Behind at every epoch: the sentence must name the epoch where it trails most (0.03 at 2), not the smallest gap.
+    delta = pd.DataFrame(dict(epoch=[1, 2, 3], n_a=3, n_b=3, analysis="paired", diff=[0.01, 0.03, 0.02], ci_low=0.0, ci_high=0.04,
+                              p_value=[0.2, 0.01, 0.3], verdict=["within noise", "regression", "within noise"]))  # fmt: skip
+    text = S.describe_epoch_delta(delta, "a", "b")
+    assert "a most behind by 0.0300 at epoch 2 (significant)" in text and "within noise at epoch 3" in text

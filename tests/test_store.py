@@ -113,3 +113,15 @@ def test_concurrent_writers_never_share_a_folder(tmp_path):
     assert len(attempts) == 80
     assert all(json.loads((a.path / "run.json").read_text())["run_id"] == a.path.name for a in attempts)
     assert len(Store(tmp_path).runs()) == 3
+
+
+@pytest.mark.parametrize("secret", ['pa"ss\\word-123', "pässwörd-123", "plain-secret-123"])
+def test_secrets_with_json_escaped_characters_never_reach_run_json(tmp_path, monkeypatch, secret):
+    # json.dumps escapes ", \ and non-ASCII; redacting the encoded text would miss such a secret.
+    monkeypatch.setenv("MY_PASSWORD", secret)
+    store = Store(tmp_path)
+    rid, d = store.new_run_dir("v", "mini", 0, "k" * 16)
+    store.write(d, _rec(rid, error=f"login with {secret} failed", provenance={"argv": ["--pw", secret], "config_key": "c"}))
+    back = json.loads((d / "run.json").read_text())
+    assert secret not in json.dumps(back, ensure_ascii=False) and secret not in (d / "run.json").read_text()
+    assert back["error"] == "login with <MY_PASSWORD redacted> failed" and back["provenance"]["argv"][1] == "<MY_PASSWORD redacted>"

@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("n-layer", "n-head", "n-embd", "seq-len", "batch-size", "short-window", "train-docs", "val-docs"):
         p.add_argument(f"--{name}", type=int, default=None)
     p.add_argument("--window-pattern", default="SSSL")
-    for name in ("lr", "matrix-lr", "adam-lr", "embed-lr", "mix-lr", "weight-decay", "dropout"):
-        p.add_argument(f"--{name}", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None, help="multiplies every learning rate (default 1)")
+    for name in ("matrix-lr", "adam-lr", "embed-lr", "mix-lr", "weight-decay", "dropout"):
+        p.add_argument(f"--{name}", type=float, default=None, help="overrides the preset value")
     p.add_argument("--ns-method", choices=["polar_express", "newton_schulz"], default="polar_express")
     return p
 
