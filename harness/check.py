@@ -166,7 +166,7 @@ def resolve_ref(url: str, ref: str) -> str:
             try:  # not a branch: maybe a commit or tag reachable from the usual refs
                 repo.git.fetch("--quiet", url, *source.FETCH_REFSPECS)
             except git.GitCommandError as e:
-                raise UserError(f"--ref {ref}: could not fetch from {url} ({(e.stderr or '').strip().splitlines()[-1:]}); check the ref and the repository") from None
+                raise UserError(f"--ref {ref}: could not fetch from {url} ({source.git_error_line(e)}); check the ref and the repository") from None
         sha = lookup()
     if sha is None:
         raise UserError(f"--ref {ref}: no such commit, branch, tag or pull-request ref in {url}")
@@ -221,8 +221,10 @@ def _slurm_runner(store: Any, args: Any) -> Runner:
     from harness.slurm import SlurmExecutor, settings_from_args
 
     ex = SlurmExecutor(store, settings_from_args(args))
+    ex.preflight()  # cluster, partition, shared folder: bad settings are exit 2 before any round
 
     def run(plans: list[Any]) -> list[RunRecord]:
+        ex.test_requests(plans)  # this round's exact requests (GPUs per node on the upstream track)
         return ex.wait(ex.submit(plans))  # submitted in ABAB order to the same partition
 
     return run
@@ -243,12 +245,14 @@ def run_check(opts: CheckOptions, log: Callable[[str], None] = print, runner: Ru
         raise UserError(f"unknown --track {opts.track!r}; use mini or upstream")
     if opts.executor not in ("local", "slurm"):
         raise UserError(f"unknown --executor {opts.executor!r}; use local or slurm")
+    if getattr(opts.slurm_args, "no_wait", False):
+        raise UserError("--no-wait does not apply to check: each round's decision needs its runs' results; drop it")
     cand, base = resolve_specs(opts)
     store = Store(opts.results)
+    if runner is None:  # the Slurm preflight comes before anything is written
+        runner = _slurm_runner(store, opts.slurm_args) if opts.executor == "slurm" else _local_runner(store, None)
     store.ensure_writable()
     hw = hardware_class(opts.track, base)
-    if runner is None:
-        runner = _slurm_runner(store, opts.slurm_args) if opts.executor == "slurm" else _local_runner(store, None)
 
     pairs: list[PairRow] = []
     looks: list[Look] = []

@@ -141,7 +141,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         preflight_plans(plan.to_run, specs, use_wandb=args.wandb)
     for sr in plan.in_progress:
-        con.print(f"skip {sr.record.variant} seed {sr.record.seed}: in progress ({sr.record.status}, {sr.path})")
+        con.print(f"skip {sr.record.variant} seed {sr.record.seed}: in progress ({sr.record.status}, {sr.path}); "
+                  "--force re-runs it if its owner is gone")
     if plan.complete:
         done = ", ".join(f"{sr.record.variant} seed {sr.record.seed}" for sr in plan.complete)
         con.print(f"already complete, not re-run ({len(plan.complete)}): {done}")
@@ -205,7 +206,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
         spec = load_registry(args.variants).get(args.variant)
         nproc = spec.upstream.nproc_per_node if spec.upstream else nproc
-        data = data_check(materialise_run(spec, None, work_root() / f"{spec.name}-doctor", args.repo), spec.name)
+        data = data_check(materialise_run(spec, None, work_root() / f"{spec.name}-doctor", args.repo), spec.name, args.repo)
     report = run_preflight(nproc, work_root(), use_wandb=args.wandb, data_check=data)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -255,9 +256,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     store = Store(args.results)
     vdir = Path(args.variants) if args.variants else default_variants_dir()
-    infos = report.infos_from_registry(load_registry(vdir)) if vdir.is_dir() else {}
+    # an explicit --variants must exist (load_registry says so); a missing default only costs the spec facts
+    have_specs = bool(args.variants) or vdir.is_dir()
+    infos = report.infos_from_registry(load_registry(vdir)) if have_specs else {}
+    notes = [] if have_specs else [f"no variants folder at {vdir}: compare_to and claims unknown, so no comparisons; pass --variants DIR"]
     data = report.build_report(store.load_table(), store.load_epochs(), args.variant, infos, metric=args.metric, alpha=args.alpha,
-                               record=args.record, min_effect=args.min_effect, track=args.track)  # fmt: skip
+                               record=args.record, min_effect=args.min_effect, track=args.track, extra_args=args.extra_args,
+                               notes=notes)  # fmt: skip
     out = Path(args.out) if args.out else Path("reports") / data.name
     paths = report.write_report(data, out)
     con = _console(args)
@@ -294,7 +299,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_parse(args: argparse.Namespace) -> int:
     from harness import logs
 
-    parsed = logs.parse_log(logs.read_log(args.log))
+    parsed = logs.parse_file(args.log, args.result)
     if args.json or args.csv:
         sys.stdout.write(logs.format_parsed(parsed, "json" if args.json else "csv"))
         return EXIT_OK
@@ -396,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", type=float, default=None, metavar="R", help="record to beat: one-sample t-test mean < R at p<0.01")
     p.add_argument("--min-effect", type=float, default=0.0, metavar="D", help="smallest |difference| that counts as a gain/regression")
     p.add_argument("--track", choices=("mini", "upstream"), default=None, help="only runs of this track (default: the most recent run's)")
+    p.add_argument("--extra-args", default=None, metavar="ARGS", help="only runs made with these `harness run --extra-args` (default: the most recent run's)")
     _add_common(p)
     p.set_defaults(func=_cmd_report)
 
@@ -413,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("parse", help="parse a training log (any upstream format or the mini trainer): per-epoch table and summary")
-    p.add_argument("log", help="path of the log file")
+    p.add_argument("log", help="path of the log file (or of the JSON written by --save-result)")
+    p.add_argument("--result", default=None, metavar="JSON", help="the run's --save-result JSON: fills what a truncated log lost")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--json", action="store_true", help="JSON on stdout")
     g.add_argument("--csv", action="store_true", help="CSV on stdout: per-epoch rows, a blank line, then metric,value rows")

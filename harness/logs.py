@@ -31,6 +31,7 @@ __all__ = [
     "parse_line",
     "parse_progress",
     "parse_result_json",
+    "parse_file",
     "metrics_to_frame",
     "summary_dict",
 ]
@@ -933,6 +934,18 @@ def read_log(path: str | Path) -> str:
         raise UserError(f"cannot read log file {p}: {e.strerror or e}; check its permissions") from None
 
 
+def parse_file(path: str | Path, result_json: str | Path | None = None) -> ParsedLog:
+    """`harness parse`: a training log (plus, optionally, the JSON its --save-result wrote), or that JSON
+    alone. A file with nothing recognisable is a UserError, not an empty table."""
+    text = read_log(path)
+    if text.lstrip().startswith("{") and result_json is None:  # the result JSON itself
+        return parse_log("", result_json=parse_result_json(text))
+    parsed = parse_log(text, result_json=result_json)
+    if not parsed.events and not parsed.result_json:
+        raise UserError(f"{path} has no slowrun log lines (no step/val lines); pass a training log or a --save-result JSON")
+    return parsed
+
+
 def _jsonable(x: Any) -> Any:
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
@@ -947,6 +960,7 @@ def format_parsed(parsed: ParsedLog, fmt: str) -> str:
             "summary": {k: _jsonable(v) for k, v in summ.items()},
             "formats": sorted({e.fmt for e in parsed.events}),
             "n_events": len(parsed.events),
+            "result_json": parsed.result_json,
         }
         return json.dumps(doc, indent=2) + "\n"
     if fmt == "csv":

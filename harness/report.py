@@ -12,6 +12,7 @@ import datetime as _dt
 import difflib
 import json
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -79,6 +80,7 @@ class ReportData:
     runs: pd.DataFrame  # the runs of the report's variants, with an `included` column
     epochs: pd.DataFrame
     provenance: list[dict[str, Any]]
+    extra_args: str | None = None  # the `harness run --extra-args` of the runs used ("" none; None unknown)
     generated_at: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
@@ -110,8 +112,14 @@ def build_report(
     min_effect: float = 0.0,
     track: str | None = None,
     name: str | None = None,
+    extra_args: str | None = None,
+    notes: Sequence[str] = (),
 ) -> ReportData:
-    """Compute everything the report shows. Raises UserError on bad input; writes nothing."""
+    """Compute everything the report shows. Raises UserError on bad input; writes nothing.
+
+    `extra_args` picks the runs made with that `harness run --extra-args` (default: those of the
+    most recent complete run), so that no comparison sets e.g. smoke runs against full ones.
+    `notes` are sentences the caller wants in the report (e.g. why no spec facts are known)."""
     infos = dict(infos or {})
     lower = S.check_metric(metric)
     if not 0 < alpha < 1:
@@ -142,9 +150,10 @@ def build_report(
             names.append(ref)
     rows = runs[runs["variant"].isin(names)] if len(runs) else runs
     chosen = _pick_track(rows, track) if len(rows) else track
-    notes: list[str] = []
+    notes = list(notes)
     if chosen and len(rows) and (rows["track"] != chosen).any() and track is None:
         notes.append(f"runs on several tracks: this report uses track {chosen!r} (the most recent complete run); pass --track to choose")
+    rows, chosen_extra = _filter_extra_args(rows, chosen, extra_args, requested, notes)
 
     selections = {v: S.select_runs(rows, v, metric, chosen) for v in names}
     summaries = []
@@ -194,8 +203,44 @@ def build_report(
         name=name or report_name(requested), metric=metric, lower_is_better=lower, alpha=alpha, min_effect=min_effect,
         track=chosen, variants=names, selections=selections, summaries=summaries, comparisons=comparisons,
         epoch_summaries=ep_sum, epoch_deltas=deltas, record_tests=record_tests, claim_checks=claim_checks,
-        failed=failed, notes=notes, runs=table, epochs=ep, provenance=_provenance(table, names),
+        failed=failed, notes=notes, runs=table, epochs=ep, provenance=_provenance(table, names), extra_args=chosen_extra,
     )  # fmt: skip
+
+
+def _filter_extra_args(rows: pd.DataFrame, track: str | None, wanted: str | None, requested: Sequence[str],
+                       notes: list[str]) -> tuple[pd.DataFrame, str | None]:  # fmt: skip
+    """Keep the runs of one set of extra args on `track`: `wanted`, else those of the most recent
+    complete run of a requested variant (of any variant when they have none)."""
+    if "extra_args" not in rows or not len(rows):
+        if wanted is not None:
+            raise UserError("no runs to match --extra-args; drop it or run with those extra args first")
+        return rows, None
+    extra = rows["extra_args"].fillna("")  # records without the field (imported, older) had none
+    on_track = rows["track"] == track if track is not None else pd.Series(True, index=rows.index)
+    if wanted is not None:
+        try:
+            wanted = shlex.join(shlex.split(wanted))  # the table's spelling
+        except ValueError as e:
+            raise UserError(f"--extra-args cannot be parsed ({e}); quote it like --extra-args '--num-epochs 3'") from None
+        if not (on_track & (extra == wanted)).any():
+            have = sorted(set(extra[on_track]))
+            raise UserError(f"no runs with --extra-args {wanted!r} on track {track!r}; stored: {', '.join(repr(h) for h in have)}")
+        chosen = wanted
+    else:
+        ok = rows[on_track & (rows["status"] == S.COMPLETE_STATUS)]
+        if ok["variant"].isin(requested).any():
+            ok = ok[ok["variant"].isin(requested)]
+        if not len(ok):
+            return rows, None
+        order = "ended_at" if ok["ended_at"].notna().any() else "started_at"
+        chosen = str(extra[ok.sort_values(order, na_position="first").index[-1]])
+    other = on_track & (extra != chosen)
+    if other.any():
+        how = "as asked with --extra-args" if wanted is not None else "those of the most recent complete run; pass --extra-args to choose"
+        notes.append(f"{int(other.sum())} run(s) made with other --extra-args set aside: this report uses runs with "
+                     f"extra args {chosen!r} ({how})")  # fmt: skip
+        rows = rows[~other]
+    return rows, chosen
 
 
 def _claimed_effect(infos: dict[str, VariantInfo], v: str, ref: str, track: str | None) -> float | None:
@@ -243,6 +288,10 @@ def _p(x: Any) -> str:
     return f"{x:.3g}"
 
 
+def _extra_text(extra: str | None) -> str:
+    return f", runs with extra args `{extra}`" if extra else ""
+
+
 def _md_table(headers: list[str], rows: list[list[str]]) -> str:
     esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
@@ -279,7 +328,7 @@ def render_markdown(data: ReportData) -> str:
     m, pct = data.metric, int(round((1 - data.alpha) * 100))
     out = [f"# Report: {data.name}", ""]
     out.append(f"Metric `{m}` ({'lower' if data.lower_is_better else 'higher'} is better), alpha {data.alpha:g}, "
-               f"track `{data.track or DASH}`, generated {data.generated_at} by `harness report`.")  # fmt: skip
+               f"track `{data.track or DASH}`{_extra_text(data.extra_args)}, generated {data.generated_at} by `harness report`.")  # fmt: skip
     out.append("")
     n_ok = sum(s.n for s in data.summaries)
     if n_ok == 0:
@@ -363,7 +412,7 @@ def summary_dict(data: ReportData) -> dict[str, Any]:
 
     return S._clean({
         "name": data.name, "generated_at": data.generated_at, "metric": data.metric, "lower_is_better": data.lower_is_better,
-        "alpha": data.alpha, "min_effect": data.min_effect, "track": data.track, "variants": data.variants, "notes": data.notes,
+        "alpha": data.alpha, "min_effect": data.min_effect, "track": data.track, "extra_args": data.extra_args, "variants": data.variants, "notes": data.notes,
         "summaries": [s.to_dict() for s in data.summaries],
         "comparisons": [c.to_dict() for c in data.comparisons],
         "epoch_summaries": {v: frame(t) for v, t in data.epoch_summaries.items()},
@@ -490,6 +539,8 @@ def print_tables(data: ReportData, console: Any = None) -> None:
     from rich.table import Table
 
     console = console or Console()
+    if not any(s.n for s in data.summaries):
+        console.print("[yellow]no complete runs[/yellow] for these variants: nothing to summarise yet (see the failed runs in REPORT.md)")
     # the terminal gets the columns that decide; REPORT.md has them all
     keep = {"variant", "n", "failed", "mean", "std", "vs", "difference", "p (Holm)", "verdict", "seeds/side for 80% power"}
     short = {"seeds/side for 80% power": "seeds/side (80%)"}

@@ -139,6 +139,7 @@ def base_provenance(spec: VariantSpec, track: str, extra_args: tuple[str, ...]) 
         "spec_sha256": spec.sha256,
         "config": run_config(spec, track, extra_args),
         "config_key": config_key(spec, track, extra_args),
+        "extra_args": [redact(a) for a in extra_args],  # kept apart from the spec's args: a report compares like with like
         "hardware": hardware_class(track, spec),
         "argv": [redact(a) for a in sys.argv],
         "harness_version": __version__,
@@ -262,17 +263,22 @@ def plan_runs(
 # ----------------------------------------------------------------------------- execution
 
 
+def taken(prev: StoredRun | None) -> bool:
+    """Whether a stored attempt makes a new one pointless: complete, or in progress with a live owner."""
+    if prev is None:
+        return False
+    st = prev.record.status
+    return st in COMPLETE or (st in ("running", "pending") and owner_alive(prev.record.executor) is not False)
+
+
 def claim(plan: RunPlan, store: Store, force: bool = False, executor: dict[str, Any] | None = None) -> bool:
     """Reserve a run folder and write a `pending` record, under the store lock.
 
     Returns False (and claims nothing) if, by now, another harness completed or is running this run.
     """
     with lock_or_fail(store):
-        prev = store.find(plan.run_key)
-        if prev is not None and not force:
-            st = prev.record.status
-            if st in COMPLETE or (st in ("running", "pending") and owner_alive(prev.record.executor) is not False):
-                return False
+        if not force and taken(store.find(plan.run_key)):
+            return False
         run_id, run_dir = store.new_run_dir(plan.variant, plan.track, plan.seed, plan.run_key)
         plan.run_id, plan.run_dir = run_id, str(run_dir)
         record = RunRecord(

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from harness.errors import UserError
-from harness.record import COMPLETE, FINISHED, RunRecord
-from harness.runner import RunPlan, execute_plan
+from harness.record import COMPLETE, RunRecord
+from harness.runner import RunPlan, execute_plan, taken
 from harness.store import RECORD_FILE, Store, StoredRun, lock_or_fail, owner_alive, owner_info
 
 if sys.version_info >= (3, 11):
@@ -586,7 +586,6 @@ class SlurmExecutor:
         # Claim, submit and record the job id under one hold of the lock: no other harness can
         # claim the same run in between, and the job waits for this record before it starts.
         with lock_or_fail(self.store):
-            prev = self.store.find(plan.run_key)
             if reuse_dir is not None:
                 old = _read(reuse_dir)
                 if old.status != "preempted":
@@ -595,10 +594,8 @@ class SlurmExecutor:
                 jobs = list(old.executor.get("previous_jobs", [])) + [old.executor.get("job_id")]
                 meta["previous_jobs"] = [j for j in jobs if j]
             else:
-                if prev is not None and not force:
-                    st = prev.record.status
-                    if st in COMPLETE or (st in ("running", "pending") and owner_alive(prev.record.executor) is not False):
-                        return None
+                if not force and taken(self.store.find(plan.run_key)):
+                    return None
                 plan.run_id, run_dir = self.store.new_run_dir(plan.variant, plan.track, plan.seed, plan.run_key)
                 plan.run_dir = str(run_dir)
             record = RunRecord(

@@ -75,6 +75,13 @@ def _has_commit(repo: git.Repo, sha: str) -> str | None:
         return None
 
 
+def git_error_line(e: git.GitCommandError) -> str:
+    """git's own first `fatal:`/`error:` line (gitpython wraps stderr in `stderr: '...'`)."""
+    text = str(e.stderr or e).strip().removeprefix("stderr:").strip().strip("'")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return next((ln for ln in lines if ln.startswith(("fatal:", "error:"))), lines[-1] if lines else "git failed")
+
+
 def _fetch(repo: git.Repo, url: str, ref: str | None) -> None:
     args = ["--quiet", "--prune", url, *FETCH_REFSPECS]
     if ref and not ref.startswith("refs/heads/") and not ref.startswith("refs/pull/"):
@@ -82,8 +89,7 @@ def _fetch(repo: git.Repo, url: str, ref: str | None) -> None:
     try:
         repo.git.fetch(*args)
     except git.GitCommandError as e:
-        msg = (e.stderr or str(e)).strip().splitlines()
-        raise UserError(f"could not fetch {url}: {msg[-1] if msg else e}; check the URL/network or pass --repo") from e
+        raise UserError(f"could not fetch {url} ({git_error_line(e)}); check the URL/network or pass --repo") from e
 
 
 def ensure_commit(url: str, commit: str, ref: str | None = None, cache: Path | None = None) -> tuple[git.Repo, str]:
@@ -247,9 +253,14 @@ def inject_seed(script_text: str, seed: int, seed_flag: str | None = None) -> tu
 
 
 def data_key(worktree: Path) -> str:
+    """The data folder's name: the hash of the file hashes prepare_data.py publishes (edits that keep the
+    output, e.g. upstream 4832a49, share one folder), else of prepare_data.py itself."""
     p = Path(worktree) / "prepare_data.py"
     if not p.is_file():
         raise UserError(f"{worktree} has no prepare_data.py; this commit cannot be run on the upstream track")
+    hashes = expected_hashes(p.read_text())
+    if hashes:
+        return "h" + sha256_bytes(json.dumps(hashes, sort_keys=True).encode())[:15]
     return sha256_file(p)[:16]
 
 
@@ -290,13 +301,14 @@ def link_data(worktree: Path, root: Path | None = None) -> Path:
     return folder
 
 
-def verify_data(worktree: Path, variant: str, root: Path | None = None) -> DataInfo:
-    """Check the linked data exists and matches that era's EXPECTED_HASHES (cached by size+mtime)."""
+def verify_data(worktree: Path, variant: str, root: Path | None = None, repo: str | None = None) -> DataInfo:
+    """Check the linked data exists and matches that era's EXPECTED_HASHES (cached by size+mtime).
+    `repo`: the --repo the run used, repeated in the `harness data prepare` hint."""
     key = data_key(worktree)
     folder = (root or data_root()) / key
     hashes = expected_hashes((Path(worktree) / "prepare_data.py").read_text())
     names = sorted(hashes) or list(DEFAULT_DATA_FILES)
-    how = f"run `harness data prepare {variant}`"
+    how = f"run `harness data prepare {variant}{' --repo ' + repo if repo else ''}`"
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         raise UserError(f"data for {variant} missing in {folder} ({', '.join(missing)}); {how}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -159,6 +160,9 @@ def _check_table(data: dict[str, Any], schema: dict[str, tuple[Any, bool]], wher
         tnames = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
         if isinstance(value, bool) or not isinstance(value, types):
             raise UserError(f"{file}: key '{where}{key}' must be {tnames}, got {type(value).__name__} {value!r}")
+        # TOML allows nan, inf and negative numbers; no loss, time or count here may be one
+        if isinstance(value, (int, float)) and not 0 < value < math.inf:
+            raise UserError(f"{file}: key '{where}{key}' must be a positive finite number, got {value!r}")
 
 
 def _str_list(value: list[Any], key: str, file: Path) -> tuple[str, ...]:
@@ -202,8 +206,6 @@ def parse_spec(data: dict[str, Any], file: Path, raw: bytes = b"") -> VariantSpe
         _check_table(u, _UPSTREAM, "upstream.", file)
         if not _SHA_RE.match(u["commit"]):
             raise UserError(f"{file}: key 'upstream.commit' must be a full 40-character lowercase SHA, got {u['commit']!r}")
-        if u.get("nproc_per_node", 8) < 1:
-            raise UserError(f"{file}: key 'upstream.nproc_per_node' must be >= 1")
         upstream = UpstreamSpec(
             repo=u["repo"],
             commit=u["commit"],

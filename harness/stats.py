@@ -53,6 +53,7 @@ METRICS: dict[str, bool] = {
 }
 LOSS_METRICS = ("min_val_loss", "final_val_loss", "logit_avg_loss")
 COMPLETE_STATUS = "ok"
+ACTIVE_STATUS = ("pending", "running")  # the store reports those of a dead owner as "stale"
 VERDICTS = ("real gain", "regression", "within noise", "not enough runs")
 
 
@@ -134,6 +135,11 @@ def select_runs(runs: pd.DataFrame, variant: str, metric: str = "min_val_loss", 
         if len(other):
             notes.append(f"{len(other)} run(s) on other tracks ignored (report is for track {track!r})")
         rows = rows[rows["track"] == track]
+    # a run still going (its owner alive) has not failed: it is left out and counted in a note
+    active = rows["status"].isin(ACTIVE_STATUS) if len(rows) else pd.Series(dtype=bool)
+    if active.any():
+        notes.append(f"{variant}: {int(active.sum())} run(s) still pending or running, not included")
+        rows = rows[~active]
     bad = rows[rows["status"] != COMPLETE_STATUS] if len(rows) else rows
     failed = [
         {"run_id": str(r.run_id), "seed": _opt(r.seed), "status": str(r.status), "error": _opt(getattr(r, "error", None))}
@@ -464,6 +470,8 @@ def compare(
                 n_resamples=n_bootstrap, confidence_level=level, method="percentile", rng=np.random.default_rng(0),
             )  # fmt: skip
         bs_lo, bs_hi = float(bs.confidence_interval.low), float(bs.confidence_interval.high)
+        if min(len(a), len(b)) < 10:  # resampling a handful of runs under-states the spread
+            notes.append("with fewer than 10 runs per side the bootstrap CI is too narrow; the t-interval decides")
     else:
         notes.append("bootstrap CI needs >= 3 runs per side with some spread")
     rank_name = "wilcoxon" if paired else "mannwhitneyu"

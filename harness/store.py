@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -215,13 +216,15 @@ class Store:
                     "n_epochs": sum(1 for e in m.epochs if e.epoch >= 1),
                     "over_time_limit": m.over_time_limit,
                     "path": str(sr.path),
+                    # the `--extra-args` of `harness run` (shell-quoted; "" none, None when not recorded)
+                    "extra_args": shlex.join(prov["extra_args"]) if isinstance(prov.get("extra_args"), list) else None,
                 }
             )
         cols = [
             "run_id", "variant", "track", "seed", "status", "error", "run_key", "config_key", "hardware",
             "imported", "started_at", "ended_at", "min_val_loss", "min_val_bpb", "final_val_loss",
             "final_val_bpb", "logit_avg_loss", "logit_avg_bpb", "final_train_loss", "training_time_s",
-            "wall_time_s", "peak_memory_mib", "tokens_per_s", "steps", "n_epochs", "over_time_limit", "path",
+            "wall_time_s", "peak_memory_mib", "tokens_per_s", "steps", "n_epochs", "over_time_limit", "path", "extra_args",
         ]  # fmt: skip
         df = pd.DataFrame(rows, columns=cols)
         for c in cols[12:25]:

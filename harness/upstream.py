@@ -1,16 +1,16 @@
 """The upstream track's glue between a variant spec, `source` and `launch`.
 
-Materialise a run (worktree + patches + seed + data link), build the exact torchrun command and its
-environment, dry runs, `harness data prepare`, the track time-limit flag and `harness import`.
+Materialise a run (worktree + patches + seed + data link), turn planned runs into runnable ones
+(`prepare_plans`) and check them (`preflight_plans`), `harness data prepare`, the track time-limit
+flag and `harness import`. The command itself is built by `runner.upstream_command`.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from harness import source
@@ -31,9 +31,9 @@ def upstream_of(spec: VariantSpec, repo: str | None = None) -> UpstreamSpec:
     return replace(spec.upstream, repo=repo) if repo else spec.upstream
 
 
-def worktree_dir(spec: VariantSpec, seed: int, extra_args: tuple[str, ...] = (), root: Path | None = None) -> Path:
-    key = run_key(config_key(spec, "upstream", extra_args), seed)[:10]
-    return (root or work_root()) / f"{spec.name}-seed{seed}-{key}"
+def worktree_dir(spec: VariantSpec, seed: int, extra_args: tuple[str, ...] = ()) -> Path:
+    """<work root>/<variant>/<run_key[:16]>: one worktree per run, as `prepare_plans` lays them out."""
+    return work_root() / spec.name / run_key(config_key(spec, "upstream", extra_args), seed)[:16]
 
 
 def materialise_run(
@@ -51,30 +51,9 @@ def materialise_run(
     )
 
 
-def build_command(
-    spec: VariantSpec, m: source.Materialised, extra_args: tuple[str, ...] = (), torchrun: str | None = None
-) -> list[str]:
-    """How upstream launches: `torchrun --standalone --nproc_per_node=N <script> <args>` in the worktree."""
-    u = upstream_of(spec)
-    tr = torchrun or find_torchrun() or "torchrun"
-    return [tr, "--standalone", f"--nproc_per_node={u.nproc_per_node}", u.script, *u.args, *extra_args, *m.seed_args]
-
-
-def launch_env(use_wandb: bool = False, base: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
-    """(environment for the process, the part the harness set, which alone goes into the record).
-
-    The process inherits the user's environment (HF_TOKEN may be needed to fetch FA3), but only the
-    variables set here are recorded, so secrets never reach run.json.
-    """
-    ours = {"PYTHONUNBUFFERED": "1", **wandb_env(use_wandb)}
-    env = dict(os.environ if base is None else base)
-    env.update(ours)
-    return env, ours
-
-
-def data_check(m: source.Materialised, variant: str) -> Check:
+def data_check(m: source.Materialised, variant: str, repo: str | None = None) -> Check:
     try:
-        info = source.verify_data(m.worktree, variant, m.data_folder.parent)
+        info = source.verify_data(m.worktree, variant, m.data_folder.parent, repo)
     except UserError as e:
         return Check("data", False, str(e))
     return Check("data", True, f"{', '.join(info.files)} verified in {info.folder}")
@@ -88,40 +67,6 @@ def over_time_limit(training_time_s: float | None, spec: VariantSpec) -> bool | 
     return training_time_s > limit
 
 
-@dataclass
-class DryRun:
-    seed: int
-    worktree: Path
-    seed_diff: str
-    command: list[str]
-    env: dict[str, str]
-
-    def render(self) -> str:
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
-        diff = self.seed_diff or "(script unchanged; seed passed as a flag)\n"
-        return (
-            f"== seed {self.seed}\nworktree: {self.worktree}\n{diff}"
-            f"command: cd {shlex.quote(str(self.worktree))} && {env} {shlex.join(self.command)}\n"
-        )
-
-
-def dry_run(
-    spec: VariantSpec,
-    seeds: list[int],
-    repo: str | None = None,
-    extra_args: tuple[str, ...] = (),
-    use_wandb: bool = False,
-    root: Path | None = None,
-) -> list[DryRun]:
-    """Materialise every run (patches + seed applied) and say what would be launched; launch nothing."""
-    out = []
-    _, ours = launch_env(use_wandb)
-    for seed in seeds:
-        m = materialise_run(spec, seed, worktree_dir(spec, seed, extra_args, root), repo, extra_args)
-        out.append(DryRun(seed, m.worktree, m.seed_diff, build_command(spec, m, extra_args), ours))
-    return out
-
-
 def prepare_data(spec: VariantSpec, repo: str | None = None, python: str | None = None, root: Path | None = None) -> Path:
     """Run the pinned commit's own prepare_data.py in a worktree; its `fineweb_data/` is the shared folder.
 
@@ -131,7 +76,7 @@ def prepare_data(spec: VariantSpec, repo: str | None = None, python: str | None 
     res = subprocess.run([python or sys.executable, "prepare_data.py"], cwd=m.worktree)
     if res.returncode != 0:
         raise UserError(f"prepare_data.py of {m.commit[:12]} failed (exit {res.returncode}); see its output above")
-    source.verify_data(m.worktree, spec.name, m.data_folder.parent)
+    source.verify_data(m.worktree, spec.name, m.data_folder.parent, repo)
     return m.data_folder
 
 
@@ -143,13 +88,12 @@ def prepare_plans(plans: list, specs: list[VariantSpec], repo: str | None = None
     """Materialise each planned run (`runner.RunPlan`) in place: worktree cwd, resolved torchrun, env,
     provenance (commit, patch hashes, seed diff). Raises UserError before anything is claimed."""
     by_name = {s.name: s for s in specs}
-    _, ours = launch_env(use_wandb, base={})
     for p in plans:
         spec = by_name[p.variant]
         m = materialise_run(spec, p.seed, work_root() / spec.name / p.run_key[:16], repo)
         p.cwd = str(m.worktree)
         p.command = [find_torchrun() or p.command[0], *p.command[1:]]
-        p.env.update(ours)
+        p.env.update(wandb_env(use_wandb))  # the scripts call wandb.init with no fallback
         p.provenance["upstream"] = m.provenance()
         p.provenance["env"] = dict(p.env)  # only what the harness set: never the user's secrets
 
@@ -163,7 +107,9 @@ def preflight_plans(plans: list, specs: list[VariantSpec], use_wandb: bool = Fal
     data_checks = []
     for p in plans:
         try:
-            source.verify_data(Path(p.cwd), p.variant, Path(p.provenance["upstream"]["data_folder"]).parent)
+            up = p.provenance["upstream"]
+            repo = up["repo"] if up["repo"] != upstream_of(by_name[p.variant]).repo else None  # --repo was given
+            source.verify_data(Path(p.cwd), p.variant, Path(up["data_folder"]).parent, repo)
         except UserError as e:
             data_checks.append(Check("data", False, str(e)))
     report = run_preflight(nproc, work_root(), gpus, use_wandb, data_checks[0] if data_checks else Check("data", True, "verified"))

@@ -86,6 +86,9 @@ def test_handicap_caught_as_regression_reusing_baseline(world: dict[str, Path]) 
         assert "reusing 3 stored run(s) with matching provenance: baseline seed 0, baseline seed 1, baseline seed 2" in text
         assert new == {"slow"}
         assert "| 1 | 0/0 |" in text and "ran/reused" in text
+    else:  # run alone (-k): both sides ran, interleaved candidate, baseline, candidate, baseline
+        assert new == {"slow", "base"} and "reusing" not in text
+        assert "round 1: running 6 run(s): candidate seed 0, baseline seed 0, candidate seed 1, baseline seed 1" in text
 
 
 def _git(cwd: Path, *args: str) -> str:

@@ -40,6 +40,11 @@ def populated(tmp_path: Path) -> tuple[Path, Path]:
         (["run", "interleaved_muoneq", "--seed-list", "1,1"], "--seed-list must name distinct"),
         (["run", "interleaved_muoneq", "--seeds", "2", "--seed-list", "1"], "not allowed with argument"),
         (["run", "interleaved_muoneq", "--timeout", "-1"], "--timeout must be a positive"),
+        (["run", "interleaved_muoneq", "--timeout", "nan"], "--timeout must be a positive"),  # once launched and stored a timeout
+        (["run", "interleaved_muoneq", "--seeds", "100000000000"], "--seeds 100000000000 is more than 10000"),  # once a MemoryError
+        (["run", "interleaved_muoneq", "--seed-list", "4294967296"], "--seed-list must name distinct integers from 0 to 4294967295"),
+        (["report", "interleaved_muoneq", "--min-effect", "nan"], "--min-effect must be a finite number"),
+        (["report", "interleaved_muoneq", "--record", "inf"], "--record must be a finite loss"),
         (["run", "interleaved_muoneq", "--track", "gpu"], "argument --track: invalid choice"),
         (["show", "nope"], "unknown variant 'nope'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),

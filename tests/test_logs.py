@@ -383,3 +383,24 @@ def test_benchmark_synthetic_log_parses_fully() -> None:
     assert (m.min_val_loss, m.logit_avg_loss, m.wall_time_s) == (3.139442, 3.139442, 7512.31)
     dupe_epochs = {e.epoch for e in p.events if e.kind == "step" and e.extra and e.extra.get("dupe")}
     assert min(dupe_epochs) == 14 and max(dupe_epochs) == 22
+
+
+def test_cli_parse_result_json_alone_or_with_a_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the JSON --save-result wrote is parsed by `harness parse` too, alone or filling a truncated log
+    rc, out, err = _cli(capsys, str(FIX / "result_two_hour.json"), "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["summary"]["min_val_loss"] == 3.139442 and doc["summary"]["final_val_loss"] == 3.145002
+    assert doc["result_json"]["kind"] == "limited"
+    cut = tmp_path / "cut.log"
+    cut.write_text("Step 00000 | Val BPB: 3.302147 | Val Loss: 10.832571\nstep 1/99 | loss 7.1")
+    rc, out, err = _cli(capsys, str(cut), "--result", str(FIX / "result_unlimited_new.json"), "--json")
+    assert rc == 0, err
+    assert json.loads(out)["result_json"]["kind"] == "unlimited"
+
+
+def test_cli_parse_file_without_log_lines_is_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "notes.txt"
+    junk.write_text("hello\nnothing to see\n")
+    rc, out, err = _cli(capsys, str(junk))
+    assert rc == 2 and "no slowrun log lines" in err and out == ""

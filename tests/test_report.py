@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def add_run(store: Store, variant: str, seed: int, final: float | None, status: str = "ok", track: str = "mini", config: str | None = None,
-            hardware: str = "cpu", ended: str = "2026-07-01T00:00:00Z", error: str | None = None, epochs: int = 6) -> None:  # fmt: skip
+            hardware: str = "cpu", ended: str = "2026-07-01T00:00:00Z", error: str | None = None, epochs: int = 6,
+            extra: list[str] | None = None) -> None:  # fmt: skip
     rng = np.random.default_rng(seed + 100 * len(variant))
     eps = []
     if final is not None:  # a decaying curve that ends at `final`
@@ -37,6 +38,8 @@ def add_run(store: Store, variant: str, seed: int, final: float | None, status: 
     key = f"{variant}-{track}-{config or variant}-{seed}"
     rec = RunRecord(run_id="", variant=variant, track=track, seed=seed, run_key=key, status=status, error=error, metrics=m,
                     provenance={"config_key": config or f"cfg-{variant}", "hardware": hardware}, started_at=ended, ended_at=ended)  # fmt: skip
+    if extra is not None:
+        rec.provenance["extra_args"] = extra
     with store.lock():
         run_id, path = store.new_run_dir(variant, track, seed, key)
     rec.run_id = run_id
@@ -142,7 +145,9 @@ def test_bad_input_writes_nothing(store: Store, tmp_path: Path):
     runs, epochs = tables(store)
     out = tmp_path / "never"
     for kwargs in [dict(variants=["nope"]), dict(variants=["cand"], metric="val_acc"), dict(variants=["cand"], alpha=1.5),
-                   dict(variants=["cand"], track="upstream")]:  # fmt: skip
+                   dict(variants=["cand"], track="upstream"), dict(variants=["cand"], record=float("nan")),
+                   dict(variants=["cand"], min_effect=float("nan")), dict(variants=["cand"], min_effect=float("inf")),
+                   dict(variants=["cand"], metric="tokens_per_s", record=1000.0), dict(variants=["cand"], extra_args="--nope")]:  # fmt: skip
         with pytest.raises(UserError):
             R.write_report(R.build_report(runs, epochs, infos=INFOS, **kwargs), out)
     assert not out.exists()
@@ -240,3 +245,54 @@ def test_plan_from_runs_with_paired_uses_the_std_of_a_difference(store: Store):
     assert "4 runs of base" in b1 and s2 == pytest.approx(s1 * np.sqrt(2)) and "sqrt(2)" in b2
     # per-run sigma taken as the std of differences would halve the seeds; with nothing shared, pairing gains ~nothing
     assert plan_seeds(0.003, s2, paired=True).n_per_side >= plan_seeds(0.003, s1).n_per_side - 1
+
+
+def test_bad_input_messages_say_what_to_do(store: Store, tmp_path: Path):
+    runs, epochs = tables(store)
+    with pytest.raises(UserError, match="unknown variant\\(s\\): cnad; did you mean cand"):
+        R.build_report(runs, epochs, ["cnad"], INFOS)
+    with pytest.raises(UserError, match="--min-effect must be a finite number"):
+        R.build_report(runs, epochs, ["cand"], INFOS, min_effect=float("nan"))
+    empty = Store(tmp_path / "empty")
+    with pytest.raises(UserError, match="has no runs and no variant was named"):
+        R.build_report(*tables(empty), (), INFOS)
+
+
+def test_runs_with_other_extra_args_are_never_compared(tmp_path: Path):
+    # Smoke-sized runs of cand are newer than its full runs; base has full runs only. Comparing
+    # cand's newest (smoke) runs with base's full ones would call a huge, meaningless regression.
+    s = Store(tmp_path / "results")
+    for seed in range(3):
+        add_run(s, "base", seed, 3.40 + seed / 1000, extra=[])
+        add_run(s, "cand", seed, 3.37 + [0.001, -0.0005, 0.0025][seed], extra=[])
+        add_run(s, "cand", seed, 5.00 + seed / 1000, config="cand-smoke", extra=["--preset", "smoke"], ended="2026-07-02T00:00:00Z")
+    runs, epochs = tables(s)
+    assert set(runs["extra_args"]) == {"", "--preset smoke"}
+    newest = R.build_report(runs, epochs, ["cand"], INFOS)
+    assert newest.extra_args == "--preset smoke" and newest.selections["base"].n == 0
+    assert newest.comparisons[0].verdict == "not enough runs"
+    assert any("6 run(s) made with other --extra-args set aside" in n for n in newest.notes)
+    full = R.build_report(runs, epochs, ["cand"], INFOS, extra_args="")
+    assert full.selections["cand"].n == 3 and full.comparisons[0].verdict == "real gain"
+    assert full.comparisons[0].diff == pytest.approx(-0.03)
+    # the reference's newer runs do not decide: the report is about cand
+    add_run(s, "base", 7, 3.9, config="base-tiny", extra=["--preset", "tiny"], ended="2026-07-05T00:00:00Z")
+    assert R.build_report(*tables(s), ["cand"], INFOS).extra_args == "--preset smoke"
+    md = R.render_markdown(newest)
+    assert "runs with extra args `--preset smoke`" in md and json.loads(json.dumps(R.summary_dict(full)))["extra_args"] == ""
+
+
+def test_terminal_says_when_there_are_no_complete_runs(tmp_path: Path):
+    s = Store(tmp_path / "results")
+    add_run(s, "cand", 0, None, status="crashed", error="boom")
+    con = Console(record=True, width=140)
+    R.print_tables(R.build_report(*tables(s), ["cand"], INFOS), con)
+    assert "no complete runs" in con.export_text()
+
+
+def test_cli_report_without_a_variants_folder_says_why_nothing_is_compared(store: Store, tmp_path: Path):
+    r = cli("report", "cand", "--results", str(store.root), "--out", str(tmp_path / "rep"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "no variants folder at variants" in r.stdout and "no variants folder" in (tmp_path / "rep" / "REPORT.md").read_text()
+    r = cli("report", "cand", "--results", str(store.root), "--variants", str(tmp_path / "nope"), "--out", str(tmp_path / "r2"), cwd=tmp_path)
+    assert r.returncode == 2 and "variants folder" in r.stderr and not (tmp_path / "r2").exists()

@@ -13,7 +13,9 @@ import pytest
 import fake_upstream as fu
 from harness import source, upstream
 from harness.errors import UserError
+from harness.runner import plan_runs
 from harness.spec import load_registry
+from harness.store import Store
 
 PINNED = {  # the four pinned two_hour variants (variants/*.toml) and their commits
     "baseline": "7f7b417c4ea5abc9c63eb2e43495d66a1646fa11",
@@ -45,8 +47,11 @@ def test_mirror_fetched_once_then_offline(fake, tmp_path):
     _, sha2 = source.ensure_commit(url, fake.c2[:12])
     assert sha2 == fake.c2
     # A commit missing from the mirror triggers a fetch, which now fails with one clear line.
-    with pytest.raises(UserError, match="could not fetch"):
+    with pytest.raises(UserError, match="could not fetch") as e:
         source.ensure_commit(url, "1" * 40)
+    # git's own reason, not the tail of its advice text or gitpython's quoting
+    assert "does not appear to be a git repository" in str(e.value) and "'\n" not in str(e.value) + "\n"
+    assert "\n" not in str(e.value)
 
 
 def test_missing_commit_refetched_and_pr_refs(fake):
@@ -171,10 +176,13 @@ def _put_data(folder: Path) -> None:
 def test_data_keyed_by_prepare_data_and_verified(fake, tmp_path):
     m = source.materialise(str(fake.origin), fake.c1, "train.py", tmp_path / "wt", 5)
     link = m.worktree / "fineweb_data"
-    key = hashlib.sha256(fu.PREPARE_DATA.encode()).hexdigest()[:16]
+    key = source.data_key(m.worktree)
+    assert key == source.data_key(m.worktree) and key.startswith("h")  # keyed by the published hashes
     assert link.is_symlink() and link.resolve() == (tmp_path / "data" / key).resolve()
     with pytest.raises(UserError, match="run `harness data prepare fake`"):
         source.verify_data(m.worktree, "fake")
+    with pytest.raises(UserError, match="run `harness data prepare fake --repo /my/fork`"):  # the hint keeps --repo
+        source.verify_data(m.worktree, "fake", repo="/my/fork")
     _put_data(m.data_folder)
     info = source.verify_data(m.worktree, "fake")
     assert info.files["fineweb_train.pt"] == hashlib.sha256(fu.TRAIN_BYTES).hexdigest()
@@ -191,12 +199,18 @@ def test_data_keyed_by_prepare_data_and_verified(fake, tmp_path):
 
 
 def test_other_prepare_data_era_gets_other_folder(fake, tmp_path):
-    new_prep = fu.PREPARE_DATA.replace("Fake prepare", "New-format prepare")
-    c3 = fu._commit(fake.origin, {"prepare_data.py": new_prep}, "format change")
-    a = source.materialise(str(fake.origin), fake.c1, "train.py", tmp_path / "a", 1)
-    b = source.materialise(str(fake.origin), c3, "train.py", tmp_path / "b", 1)
-    assert a.data_folder != b.data_folder and a.data_folder.parent == b.data_folder.parent
-    assert source.expected_hashes(new_prep) == source.expected_hashes(fu.PREPARE_DATA) != {}
+    same_output = fu.PREPARE_DATA.replace("Fake prepare", "Reworded prepare")  # same published hashes
+    new_format = fu.PREPARE_DATA.replace(hashlib.sha256(fu.VAL_BYTES).hexdigest(), "0" * 64)
+    c3 = fu._commit(fake.origin, {"prepare_data.py": same_output}, "docstring edit")
+    c4 = fu._commit(fake.origin, {"prepare_data.py": new_format}, "format change")
+    no_hashes = "import os\nprint('old era: no EXPECTED_HASHES')\n"
+    c5 = fu._commit(fake.origin, {"prepare_data.py": no_hashes}, "an era without hashes")
+    a, b, c, d = (source.materialise(str(fake.origin), sha, "train.py", tmp_path / n, 1)
+                  for n, sha in (("a", fake.c1), ("b", c3), ("c", c4), ("d", c5)))
+    assert a.data_folder == b.data_folder  # a reworded prepare_data.py needs no second download
+    assert a.data_folder != c.data_folder and a.data_folder.parent == c.data_folder.parent
+    assert d.data_folder.name == hashlib.sha256(no_hashes.encode()).hexdigest()[:16] != a.data_folder.name
+    assert source.expected_hashes(same_output) == source.expected_hashes(fu.PREPARE_DATA) != {}
     assert source.expected_hashes("X = 1\n") == {}
 
 
@@ -216,12 +230,17 @@ def test_repo_override_and_dry_run(fake, tmp_path):
     spec = load_registry(fake.variants).get("fake")
     with pytest.raises(UserError, match="could not fetch https://example.invalid"):
         upstream.materialise_run(spec, 1)
-    runs = upstream.dry_run(spec, [0, 1], repo=str(fork))
-    assert [r.seed for r in runs] == [0, 1] and runs[0].worktree != runs[1].worktree
-    assert "torch.manual_seed(1)" in (runs[1].worktree / "train.py").read_text()
-    assert "# muon-r" in (runs[1].worktree / "train.py").read_text()
-    text = runs[1].render()
-    assert "+torch.manual_seed(1)" in text and "--nproc_per_node=2 train.py" in text and "WANDB_MODE=disabled" in text
+    # what `harness run --dry-run --repo FORK` prints: per run a worktree, its seed diff and the command
+    plan = plan_runs([spec], [0, 1], "upstream", Store(tmp_path / "results"), repo=str(fork))
+    p0, p1 = plan.to_run
+    assert (p0.seed, p1.seed) == (0, 1) and p0.cwd != p1.cwd
+    assert Path(p1.cwd) == upstream.worktree_dir(spec, 1)
+    text = (Path(p1.cwd) / "train.py").read_text()
+    assert "torch.manual_seed(1)" in text and "# muon-r" in text
+    assert "+torch.manual_seed(1)" in p1.provenance["upstream"]["seed_diff"]
+    assert p1.provenance["upstream"]["repo"] == str(fork)
+    assert p1.command[1:4] == ["--standalone", "--nproc_per_node=2", "train.py"] and p1.env["WANDB_MODE"] == "disabled"
+    assert not (tmp_path / "results").exists()  # planning stores nothing
 
 
 def test_materialise_speed_is_reasonable(fake, tmp_path):

@@ -62,6 +62,8 @@ def test_minimal_spec_gets_track_limit_from_track_name(tmp_path):
         (GOOD + '[upstream]\nrepo = "r"\ncommit = "' + "a" * 40 + '"\nscript = "t.py"\npatches = ["nope.patch"]\n', "names 'nope.patch'"),
         (GOOD + '[[claims]]\nval_loss = "low"\nsource = "s"\n', "key 'claims[0].val_loss' must be int or float"),
         (GOOD + '[[claims]]\nval_loss = 3.1\nsource = "s"\nkind = "rumour"\n', "'claims[0].kind' must be 'claim' or 'record'"),
+        (GOOD + '[[claims]]\nval_loss = nan\nsource = "s"\n', "key 'claims[0].val_loss' must be a positive finite number, got nan"),
+        (GOOD.replace('name = "two_hour"', 'name = "two_hour"\ntime_limit_minutes = -5'), "'track.time_limit_minutes' must be a positive"),
         ('name = "v"\ndescription = "d"\n[track]\nname = "x"\n', "needs an [upstream] or a [mini] section"),
         (GOOD.replace('name = "v"', 'name = "w"'), "key 'name' is 'w' but the file is v.toml"),
         ("name = 'v\n", "malformed TOML"),

@@ -308,6 +308,17 @@ def test_select_runs_excludes_failed_and_keeps_latest_config():
     assert summary.mean == pytest.approx(3.205)
 
 
+def test_runs_in_progress_are_not_listed_as_failed():
+    runs = table([
+        dict(run_id="v-0", variant="v", seed=0, min_val_loss=3.30),
+        dict(run_id="v-1", variant="v", seed=1, status="running"),
+        dict(run_id="v-2", variant="v", seed=2, status="stale", error=None),
+    ])  # fmt: skip
+    s = S.select_runs(runs, "v")
+    assert s.run_ids == ("v-0",) and [f["run_id"] for f in s.failed] == ["v-2"]
+    assert any("1 run(s) still pending or running, not included" in n for n in s.notes)
+
+
 def test_select_runs_track_filter_and_empty():
     runs = table([
         dict(run_id="a", variant="v", seed=0, min_val_loss=3.3, track="mini"),
@@ -377,3 +388,14 @@ def test_epoch_sentence_for_a_variant_that_never_leads_names_its_largest_deficit
                               p_value=[0.2, 0.01, 0.3], verdict=["within noise", "regression", "within noise"]))  # fmt: skip
     text = S.describe_epoch_delta(delta, "a", "b")
     assert "a most behind by 0.0300 at epoch 2 (significant)" in text and "within noise at epoch 3" in text
+
+
+def test_small_sample_bootstrap_is_flagged_as_too_narrow():
+    # 3 paired runs: the percentile bootstrap excludes 0 while the t-test (p ~ 0.14) does not; the report must say which decides
+    a, b = [2.738907, 2.699473, 2.674862], [2.741982, 2.711136, 2.694144]  # mini-track runs measured in this repo
+    c = S.compare(sel("a", a), sel("b", b))
+    assert c.verdict == "within noise" and c.bootstrap_ci_high < 0 < c.ci_high
+    assert any("bootstrap CI is too narrow" in n for n in c.notes)
+    rng = np.random.default_rng(1)
+    big = S.compare(sel("a", rng.normal(MU, SIGMA, 12)), sel("b", rng.normal(MU, SIGMA, 12)))
+    assert big.bootstrap_ci_low is not None and not any("bootstrap" in n for n in big.notes)

@@ -121,7 +121,9 @@ def test_secrets_with_json_escaped_characters_never_reach_run_json(tmp_path, mon
     monkeypatch.setenv("MY_PASSWORD", secret)
     store = Store(tmp_path)
     rid, d = store.new_run_dir("v", "mini", 0, "k" * 16)
-    store.write(d, _rec(rid, error=f"login with {secret} failed", provenance={"argv": ["--pw", secret], "config_key": "c"}))
+    rec = _rec(rid, error=f"login with {secret} failed")
+    rec.provenance["argv"] = ["--pw", secret]
+    store.write(d, rec)
     back = json.loads((d / "run.json").read_text())
     assert secret not in json.dumps(back, ensure_ascii=False) and secret not in (d / "run.json").read_text()
     assert back["error"] == "login with <MY_PASSWORD redacted> failed" and back["provenance"]["argv"][1] == "<MY_PASSWORD redacted>"
