@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from harness.record import secret_values
+
 TERM_GRACE_S = 10.0  # how long a process group gets between SIGTERM and SIGKILL
 
 
@@ -86,6 +88,7 @@ def run_process(
             log.write((msg + "\n").encode())
             return ProcessResult(None, time.monotonic() - start, launch_error=msg)
 
+        secrets = [(v.encode(), p.encode()) for v, p in secret_values(env)]
         state = {"timed_out": False, "interrupted": False}
 
         def stop(reason: str) -> None:
@@ -104,6 +107,9 @@ def run_process(
         try:
             assert proc.stdout is not None
             for raw in iter(proc.stdout.readline, b""):
+                for value, placeholder in secrets:  # a script that echoes a token must not store it
+                    if value in raw:
+                        raw = raw.replace(value, placeholder)
                 log.write(raw)
                 if on_line is not None:
                     on_line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))

@@ -111,10 +111,15 @@ def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name))
 
 
+def secret_values(env: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(value, placeholder) for every secret-looking variable in `env` (default: os.environ)."""
+    env = os.environ if env is None else env
+    return [(v, f"<{k} redacted>") for k, v in env.items() if v and len(v) >= 6 and is_secret_name(k)]
+
+
 def redact(text: str, env: dict[str, str] | None = None) -> str:
     """Replace the value of every secret-looking environment variable found in `text`."""
-    env = os.environ if env is None else env
-    for k, v in env.items():
-        if v and len(v) >= 6 and is_secret_name(k) and v in text:
-            text = text.replace(v, f"<{k} redacted>")
+    for value, placeholder in secret_values(env):
+        if value in text:
+            text = text.replace(value, placeholder)
     return text

@@ -109,3 +109,13 @@ def test_child_dies_with_a_sigkilled_parent(tmp_path):
             break
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{cpid}")
+
+
+def test_secret_values_printed_by_the_script_never_reach_the_log(tmp_path):
+    secret = "hf_abcDEF123456789"
+    cmd = _script(tmp_path, "import os; print('token is', os.environ['HF_TOKEN'], flush=True)")
+    seen: list[str] = []
+    run_process(cmd, tmp_path, {**os.environ, "HF_TOKEN": secret}, tmp_path / "log.txt", on_line=seen.append)
+    log = (tmp_path / "log.txt").read_text()
+    assert secret not in log and "token is <HF_TOKEN redacted>" in log
+    assert secret not in "".join(seen)
