@@ -126,7 +126,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"--extra-args cannot be parsed ({e}); quote it like --extra-args '--num-epochs 3'") from None
     track, why = choose_track(args.track, specs)
     store = Store(args.results)
-    if getattr(args, "executor", "local") == "slurm":
+    if getattr(args, "executor", "local") == "slurm" and not args.dry_run:  # a dry run submits nothing
         return _cmd_run_slurm(args, specs, seeds, track, extra, store, why)
     store.ensure_writable()
     con = _console(args)

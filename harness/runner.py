@@ -54,6 +54,12 @@ class RunPlan:
     run_id: str | None = None  # set by `claim`
     run_dir: str | None = None  # set by `claim`
 
+    def record(self, status: str, executor: dict[str, Any]) -> RunRecord:
+        """A fresh record of this (claimed) run: what every writer starts from."""
+        assert self.run_id, "claim the plan first"
+        return RunRecord(run_id=self.run_id, variant=self.variant, track=self.track, seed=self.seed,
+                         run_key=self.run_key, status=status, provenance=dict(self.provenance), executor=executor)
+
 
 @dataclass
 class Plan:
@@ -281,17 +287,7 @@ def claim(plan: RunPlan, store: Store, force: bool = False, executor: dict[str, 
             return False
         run_id, run_dir = store.new_run_dir(plan.variant, plan.track, plan.seed, plan.run_key)
         plan.run_id, plan.run_dir = run_id, str(run_dir)
-        record = RunRecord(
-            run_id=run_id,
-            variant=plan.variant,
-            track=plan.track,
-            seed=plan.seed,
-            run_key=plan.run_key,
-            status="pending",
-            provenance=plan.provenance,
-            executor=executor or owner_info(),
-        )
-        store.write(run_dir, record)
+        store.write(run_dir, plan.record("pending", executor or owner_info()))
     return True
 
 
@@ -301,17 +297,8 @@ def execute_plan(plan: RunPlan, on_line: LineCallback | None = None, executor: d
     store = Store(plan.results_root)
     run_dir = Path(plan.run_dir)
     log_path = run_dir / "train.log"
-    record = RunRecord(
-        run_id=plan.run_id,
-        variant=plan.variant,
-        track=plan.track,
-        seed=plan.seed,
-        run_key=plan.run_key,
-        status="running",
-        provenance=dict(plan.provenance),
-        executor=executor or owner_info(),
-        started_at=now_iso(),
-    )
+    record = plan.record("running", executor or owner_info())
+    record.started_at = now_iso()
     store.write(run_dir, record)
 
     env = {**os.environ, **plan.env}

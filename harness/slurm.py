@@ -598,16 +598,7 @@ class SlurmExecutor:
                     return None
                 plan.run_id, run_dir = self.store.new_run_dir(plan.variant, plan.track, plan.seed, plan.run_key)
                 plan.run_dir = str(run_dir)
-            record = RunRecord(
-                run_id=plan.run_id,
-                variant=plan.variant,
-                track=plan.track,
-                seed=plan.seed,
-                run_key=plan.run_key,
-                status="pending",
-                provenance=plan.provenance,
-                executor=dict(meta),
-            )
+            record = plan.record("pending", dict(meta))
             self.store.write(Path(plan.run_dir), record)
             try:
                 job = self._submitit(plan).submit(run_job, plan, meta)

@@ -119,3 +119,51 @@ def test_secret_values_printed_by_the_script_never_reach_the_log(tmp_path):
     log = (tmp_path / "log.txt").read_text()
     assert secret not in log and "token is <HF_TOKEN redacted>" in log
     assert secret not in "".join(seen)
+
+
+def test_sigterm_to_harness_run_records_interrupted_with_partial_log(tmp_path):
+    """`harness run` stopped by SIGTERM (Ctrl-C is the same path with SIGINT): the run's whole process
+    group goes, the record says interrupted, the partial log stays, the exit code is 130."""
+    import json
+
+    from conftest import ROOT, write_variant
+
+    vdir = tmp_path / "variants"
+    vdir.mkdir()
+    write_variant(vdir, "long", ["--preset", "smoke", "--num-epochs", "200", "--threads", "1"])  # runs until stopped
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "harness.cli", "run", "long", "--track", "mini", "--variants", str(vdir),
+           "--results", str(results)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        logs = []
+        while time.monotonic() < deadline and not any("step" in p.read_text() for p in logs):
+            time.sleep(0.2)
+            logs = list(results.glob("long/*/train.log"))
+        assert logs, "the run never started training"
+        run_dir = logs[0].parent
+        assert _procs_in(run_dir), "the trainer should be running in its run folder"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    rec = json.loads((run_dir / "run.json").read_text())
+    assert rec["status"] == "interrupted" and "Ctrl-C / SIGTERM" in rec["error"]
+    assert "step" in (run_dir / "train.log").read_text()  # the partial log is kept
+    assert "remaining runs not started" in out
+    assert not _procs_in(run_dir), "trainer processes left behind"
+
+
+def _procs_in(folder: Path) -> list[str]:
+    """Pids of live processes whose working directory is `folder` (a mini run's cwd is its run folder)."""
+    out = []
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.readlink(d / "cwd") == str(folder):
+                out.append(d.name)
+        except OSError:
+            continue
+    return out

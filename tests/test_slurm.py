@@ -286,3 +286,13 @@ def test_check_on_slurm_bad_input_submits_nothing(variants: Path, tmp_path: Path
         r = harness("check", *common, *extra)
         assert r.returncode == 2 and words in r.stderr and r.stderr.count("\n") == 1, r.stderr
         assert not results.exists()  # nothing written, nothing submitted
+
+
+def test_dry_run_with_slurm_executor_submits_nothing(variants: Path, tmp_path: Path) -> None:
+    # needs no cluster: a dry run never reaches the scheduler (it used to submit real jobs)
+    results = tmp_path / "results"
+    r = harness("run", "fast", "--seeds", "2", "--dry-run", "--executor", "slurm", "--track", "mini",
+                "--variants", str(variants), "--results", str(results))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "dry run: 2 run(s) materialised, nothing launched" in r.stdout and "harness.mini.train" in r.stdout
+    assert not list(results.glob("**/run.json")) and "Slurm job" not in r.stdout
