@@ -128,7 +128,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     store = Store(args.results)
     if getattr(args, "executor", "local") == "slurm" and not args.dry_run:  # a dry run submits nothing
         return _cmd_run_slurm(args, specs, seeds, track, extra, store, why)
-    store.ensure_writable()
     con = _console(args)
     con.print(why)
 
@@ -140,6 +139,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from harness.upstream import preflight_plans
 
         preflight_plans(plan.to_run, specs, use_wandb=args.wandb)
+    store.ensure_writable()  # only now: bad input found above must leave no trace, not even a folder
     for sr in plan.in_progress:
         con.print(f"skip {sr.record.variant} seed {sr.record.seed}: in progress ({sr.record.status}, {sr.path}); "
                   "--force re-runs it if its owner is gone")

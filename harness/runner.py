@@ -25,7 +25,7 @@ from harness.errors import UserError
 from harness.launch import ProcessResult, classify, run_process
 from harness.logs import parse_log
 from harness.record import COMPLETE, RunRecord, redact
-from harness.spec import Registry, VariantSpec, config_key, run_config, run_key
+from harness.spec import VariantSpec, config_key, run_config, run_key
 from harness.store import Store, StoredRun, lock_or_fail, owner_alive, owner_info
 
 LineCallback = Callable[[str], None]

@@ -102,7 +102,8 @@ class Design:
             what = (f"pass if the candidate is not worse by {self.margin:g} or more (H0: diff >= {self.margin:g}), "
                     "fail if 'no worse than baseline' is ruled out")
         return (f"{what}; group-sequential paired t-test, one look per seed pair from {self.min_seeds} to "
-                f"{self.max_seeds}, alpha={self.alpha:g}, power={self.power:g} (non-binding futility)")
+                f"{self.max_seeds}, alpha={self.alpha:g}, futility at level {1 - self.power:g} (non-binding; the power to "
+                f"detect the margin reaches {self.power:g} only if --max-seeds is large enough for the noise: see `harness plan`)")
 
 
 def _t_paths(eps: np.ndarray, ns: np.ndarray) -> np.ndarray:
