@@ -350,8 +350,9 @@ def render_markdown(data: ReportData) -> str:
         for c in data.comparisons:
             bs = f"bootstrap CI [{_f(c.bootstrap_ci_low, sign=True)}, {_f(c.bootstrap_ci_high, sign=True)}]" if c.bootstrap_ci_low is not None else "no bootstrap CI"
             rank = f"{c.rank_test} p {_p(c.rank_p_value)}" if c.rank_test else "no rank test"
-            out.append(f"- **{c.variant} vs {c.reference}: {c.verdict}.** Rule: {c.rule}. {c.why}. Robustness: {bs}; {rank}."
-                       + (" " + " ".join(c.notes) if c.notes else ""))  # fmt: skip
+            notes = "".join(f" {n[:1].upper()}{n[1:]}." for n in c.notes)
+            out.append(f"- **{c.variant} vs {c.reference}: {c.verdict}.** Rule: {c.rule}. {c.why[:1].upper()}{c.why[1:]}. "
+                       f"Robustness: {bs}; {rank}.{notes}")  # fmt: skip
         out.append("")
         if data.epoch_deltas:
             out += ["### Per epoch", ""] + [f"- {sentence} (per-epoch tests, alpha {data.alpha:g}, no multiplicity correction)" for _, _, _, sentence in data.epoch_deltas] + [""]
