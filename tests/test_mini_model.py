@@ -228,3 +228,103 @@ def test_rotary_positions_for_pseudo_tokens():
     ref_t, _ = rotary_tables(torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]), 8)
     ref_p, _ = rotary_tables(torch.arange(15), 8)
     assert torch.equal(cos_t, ref_t) and torch.equal(cos_p, ref_p)
+
+
+# ----------------------------------------------------------------------------- review additions
+
+
+def test_pseudo_token_mask_is_causal_in_original_token_order():
+    """Over the interleaved sequence, pseudo-token (t, p) must see (t', p') exactly when t'P+p' <= tP+p
+    (and within the window): its own token's earlier pseudo-tokens yes, its later ones no, token t+1 never."""
+    torch.manual_seed(7)
+    B, T, H, P, d, window = 1, 6, 2, 3, 4, 7  # window in pseudo-tokens: 2 tokens and one pseudo-token
+    q, k, v = (torch.randn(B, T, H, P, d) for _ in range(3))
+
+    def out(k_, v_):
+        return deinterleave(sliding_window_attention(interleave(q), interleave(k_), interleave(v_), window), P)
+
+    base = out(k, v)
+    sees = {}  # (query t, p, key t2, p2) -> did perturbing the key/value move the query's output
+    for t2 in range(T):
+        for p2 in range(P):  # perturb the key and value of pseudo-token (t2, p2) only
+            k2, v2 = k.clone(), v.clone()
+            k2[:, t2, :, p2] += 1.0
+            v2[:, t2, :, p2] += 1.0
+            moved = (out(k2, v2) - base).abs().amax(dim=(0, 2, 4)) > 1e-6  # [T, P]
+            for t in range(T):
+                for p in range(P):
+                    sees[t, p, t2, p2] = bool(moved[t, p])
+                    assert sees[t, p, t2, p2] == (0 <= (t * P + p) - (t2 * P + p2) <= window), (t, p, t2, p2)
+    t = 3
+    assert sees[t, 1, t, 0] and sees[t, 2, t, 1] and sees[t, 0, t, 0]  # earlier pseudo-tokens of its own token
+    assert not sees[t, 0, t, 1] and not sees[t, 1, t, 2]  # not the later ones
+    assert not any(sees[t, p, t + 1, p2] for p in range(P) for p2 in range(P))  # never the next token
+    assert sees[t, 0, 0, 2] and not sees[t, 0, 0, 1]  # window: query 9 sees pseudo-tokens 2..9, not 1
+
+
+def test_short_window_rounds_like_upstream():
+    # upstream: short = (N*P)//(2P^2) pseudo-tokens; N=100, P=3 gives 16 (rounding in whole tokens would give 15)
+    assert window_sizes(GPTConfig(seq_len=100, n_layer=2, attn="interleaved", iha_p=3)) == [16, 300]
+    # an explicit --short-window is in original tokens: 5 tokens = 15 pseudo-tokens at P=3
+    assert window_sizes(GPTConfig(seq_len=100, n_layer=2, attn="interleaved", iha_p=3, short_window=5)) == [15, 300]
+
+
+def test_dropout_is_seeded_in_training_and_off_in_eval():
+    torch.manual_seed(8)
+    drop = GPT(small(dropout=0.5))
+    plain = GPT(small(dropout=0.0))
+    twin(drop, plain)
+    idx = torch.randint(0, 61, (2, 16))
+    drop.train()
+    torch.manual_seed(1)
+    a = drop(idx)
+    torch.manual_seed(1)
+    b = drop(idx)
+    torch.manual_seed(2)
+    c = drop(idx)
+    assert torch.equal(a, b)  # the seed fixes the dropout masks
+    assert not torch.allclose(a, c, atol=1e-3)  # another seed, other masks
+    assert not torch.allclose(a, plain(idx), atol=1e-3)  # dropout really acts in training
+    drop.eval()
+    assert torch.allclose(drop(idx), plain(idx), atol=TOL)  # and is off in evaluation
+
+
+@pytest.mark.parametrize("attn", ["standard", "fusion", "interleaved"])
+def test_param_groups_send_hidden_matrices_to_muon_and_the_rest_to_adamw(attn):
+    model = GPT(small(attn=attn, mtp_weight=0.3))
+    g = model.param_groups()
+    names = {id(p): n for n, p in model.named_parameters()}
+    grouped = [names[id(p)] for ps in g.values() for p in ps]
+    assert sorted(grouped) == sorted(names.values())  # every parameter exactly once
+    matrix = {names[id(p)] for p in g["matrix"]}
+    hidden = ("attn.c_q.", "attn.c_k.", "attn.c_v.", "attn.c_proj.", "mlp.c_gate.", "mlp.c_fc.", "mlp.c_proj.")
+    expected = {n for n in names.values() if any(h in n for h in hidden)} | {"mtp_proj.weight"}
+    assert matrix == expected and all(p.ndim == 2 for p in g["matrix"])
+    assert [names[id(p)] for p in g["embed"]] == ["wte.weight"] and [names[id(p)] for p in g["head"]] == ["lm_head.weight"]
+    mix = {names[id(p)] for p in g["mix"]}
+    if attn == "standard":
+        assert mix == set()
+    else:  # the IHA mixes of every block, the MTP block's included, as upstream's iha_params group
+        kinds = ("q_mix", "k_mix", "v_mix") + (("iha_collapse",) if attn == "interleaved" else ())
+        assert mix == {f"{b}.attn.{k}" for b in [f"blocks.{i}" for i in range(2)] + ["mtp_block"] for k in kinds}
+
+
+def test_mtp_predicts_token_t_plus_2_from_hidden_t_and_embedding_of_t_plus_1():
+    """The MTP loss, recomputed from the model's parts with upstream's offsets written out."""
+    torch.manual_seed(9)
+    model = GPT(small(mtp_weight=0.3))
+    with torch.no_grad():  # the init's tiny lm_head gives ~uniform logits, where any label scores the same
+        model.lm_head.weight.normal_(std=0.5)
+    idx = torch.randint(0, 61, (2, 16))
+    tgt = torch.randint(0, 61, (2, 16))  # tgt[:, t] is token t+1
+    hidden = {}
+    model.blocks[-1].register_forward_hook(lambda m, i, o: hidden.setdefault("x", o))
+    _, parts = model(idx, tgt)
+    x = hidden["x"]
+    inp = torch.cat([norm(x[:, :15]), norm(model.wte(tgt[:, :15]))], dim=-1)  # hidden at t + embedding of token t+1
+    h = model.mtp_block(model.mtp_proj(inp), model.rotary(15, idx.device), 15)  # one full-window causal block
+    logits = model._logits(h)
+    expected = F.cross_entropy(logits.reshape(-1, 61), tgt[:, 1:].reshape(-1))  # label: token t+2
+    assert torch.allclose(parts["mtp_loss"], expected, atol=TOL)
+    wrong = F.cross_entropy(logits.reshape(-1, 61), tgt[:, :15].reshape(-1))  # the next-token label instead
+    assert not torch.allclose(parts["mtp_loss"], wrong, atol=1e-3)

@@ -100,3 +100,47 @@ def test_muon_groups_reject_non_matrices():
         MuonAdamW([dict(kind="muon", params=[torch.nn.Parameter(torch.zeros(5))])])
     with pytest.raises(ValueError, match="kind"):
         MuonAdamW([dict(params=[torch.nn.Parameter(torch.zeros(5))])])
+
+
+# ----------------------------------------------------------------------------- review additions
+
+# Data cited from upstream (qlabs-eng/slowrun two_hour/train.py at 0e63026, `polar_express_coeffs`).
+UPSTREAM_POLAR_EXPRESS = [
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+]
+
+
+def upstream_orthogonalize(g: torch.Tensor) -> torch.Tensor:
+    """Upstream's muon_step_fused orthogonalisation, transcribed in float32 (tall matrices multiply on the right)."""
+    X = g / (g.norm() * 1.02 + 1e-6)
+    for a, b, c in UPSTREAM_POLAR_EXPRESS:
+        if g.size(-2) > g.size(-1):
+            A = X.mT @ X
+            X = a * X + X @ (b * A + c * (A @ A))
+        else:
+            A = X @ X.mT
+            X = a * X + (b * A + c * (A @ A)) @ X
+    return X
+
+
+def keller_newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Keller Jordan's Muon zeropower_via_newtonschulz5, in float32."""
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    X = g.mT if g.size(0) > g.size(1) else g
+    X = X / (X.norm() + 1e-7)
+    for _ in range(steps):
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.mT if g.size(0) > g.size(1) else X
+
+
+@pytest.mark.parametrize("shape", [(24, 40), (40, 24)])
+def test_orthogonalisation_matches_upstream_and_keller(shape):
+    torch.manual_seed(5)
+    g = torch.randn(shape)
+    assert torch.allclose(orthogonalize(g, method="polar_express"), upstream_orthogonalize(g), atol=1e-5)
+    assert torch.allclose(orthogonalize(g, method="newton_schulz"), keller_newton_schulz(g), atol=1e-5)

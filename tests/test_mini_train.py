@@ -128,6 +128,12 @@ BAD_INPUT = [
     (["--attn", "interleaved", "--iha-p", "5"], "too short"),
     (["--no-such-flag"], "unrecognized"),
     (["--num-epochs", "0"], "--num-epochs"),
+    (["--matrix-lr", "-1"], "--matrix-lr"),
+    (["--weight-decay", "nan"], "--weight-decay"),
+    (["--lr", "inf"], "--lr"),
+    (["--mtp-weight", "nan"], "--mtp-weight"),
+    (["--batch-size", "10000"], "lower --batch-size"),  # the training split cannot fill one batch
+    (["--val-docs", "1", "--seq-len", "512", "--batch-size", "1"], "raise --val-docs"),  # val shorter than a sequence
     pytest.param(["--device", "cuda"], "no CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="only meaningful without a GPU")),
 ]
@@ -161,6 +167,16 @@ def test_nan_loss_is_reported_as_diverged_with_exit_3():
     assert "Min val Loss" not in p.stdout
 
 
+def test_non_finite_val_loss_after_the_last_step_is_diverged_too():
+    # one step at an absurd LR: the step's own loss is finite, the weights it leaves behind are not;
+    # the run must not end with a summary whose "Min val" is the untrained model's loss
+    p = run_proc("--lr", "1e30", "--max-steps", "1")
+    assert p.returncode == 3
+    assert re.search(r"^Step 00001 \| Epoch 1 \| Val BPB: nan \| Val Loss: nan$", p.stdout, re.M)
+    assert p.stdout.rstrip().splitlines()[-1] == "Diverged: non-finite loss at step 00001"
+    assert "Min val Loss" not in p.stdout
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -190,3 +206,20 @@ def test_train_and_val_are_different_documents():
     train_docs = set(enc.decode(d.train.tolist()).split("<|endoftext|>"))
     val_docs = set(enc.decode(d.val.tolist()).split("<|endoftext|>")) - {""}
     assert not (train_docs & val_docs)
+
+
+def test_optimizer_groups_and_the_muoneq_r_flag():
+    from harness.mini.model import GPT
+    from harness.mini.train import build_parser, make_optimizer, resolve
+
+    for flag, on in (([], False), (["--muoneq-r"], True)):
+        s = resolve(build_parser().parse_args([*SMOKE, "--attn", "interleaved", *flag]))
+        s.model.vocab_size = 61
+        model = GPT(s.model)
+        opt = make_optimizer(model, s)
+        muon = [g for g in opt.param_groups if g["kind"] == "muon"]
+        assert len(muon) == 1 and muon[0]["muoneq_r"] is on
+        assert {id(p) for p in muon[0]["params"]} == {id(p) for p in model.param_groups()["matrix"]}
+        adamw = {id(p) for g in opt.param_groups if g["kind"] == "adamw" for p in g["params"]}
+        pg = model.param_groups()
+        assert adamw == {id(p) for k in ("embed", "head", "mix") for p in pg[k]}

@@ -82,7 +82,7 @@ def validate_config(c: GPTConfig) -> None:
         raise ConfigError(f"--iha-rope {c.iha_rope!r} is unknown; use token or pseudo")
     if not 0.0 <= c.dropout < 1.0:
         raise ConfigError(f"--dropout {c.dropout} must be in [0, 1)")
-    if c.mtp_weight < 0:
+    if not c.mtp_weight >= 0:  # also catches nan
         raise ConfigError(f"--mtp-weight {c.mtp_weight} must be >= 0 (0 disables MTP)")
 
 
@@ -93,11 +93,13 @@ def window_sizes(c: GPTConfig) -> list[int]:
     standard/fusion: short = seq_len // 2 (or --short-window), long = seq_len.
     interleaved (FLOP-matched, as upstream's paper-faithful IHA): short = N/(2P^2) original tokens
     = N/(2P) pseudo-tokens (512 for N=2048, P=2); long = the whole expanded context N*P (4096).
+    P*N queries each seeing ~N/(2P) keys cost what N queries seeing N/2 keys cost in the baseline.
+    Rounded down in pseudo-tokens, as upstream's (N*P)//(2P^2); --short-window is in original tokens.
     """
     n, p = c.seq_len, c.p
     if c.attn == "interleaved":
-        short_tokens = c.short_window if c.short_window is not None else n // (2 * p * p)
-        short_w, long_w = short_tokens * p, n * p
+        short_w = c.short_window * p if c.short_window is not None else n // (2 * p)
+        long_w = n * p
     else:
         short_w = c.short_window if c.short_window is not None else n // 2
         long_w = n

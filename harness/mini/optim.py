@@ -41,10 +41,13 @@ def orthogonalize(g: torch.Tensor, steps: int = 5, method: str = "polar_express"
     tall = x.size(0) > x.size(1)
     if tall:
         x = x.mT
-    x = x / (x.norm() * 1.02 + 1e-6)  # Frobenius norm >= spectral norm, so singular values start <= 1
+    # Frobenius norm >= spectral norm, so singular values start <= 1. Polar Express's coefficients
+    # assume the extra 2% margin (upstream's `* 1.02 + 1e-6`); Keller Jordan's Muon divides by norm + 1e-7.
     if method == "polar_express":
+        x = x / (x.norm() * 1.02 + 1e-6)
         coeffs = POLAR_EXPRESS_COEFFS[:steps] + POLAR_EXPRESS_COEFFS[-1:] * max(0, steps - len(POLAR_EXPRESS_COEFFS))
     elif method == "newton_schulz":
+        x = x / (x.norm() + 1e-7)
         coeffs = [NEWTON_SCHULZ_COEFFS] * steps
     else:
         raise ValueError(f"unknown orthogonalisation method {method!r}; use polar_express or newton_schulz")

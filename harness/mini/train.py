@@ -2,7 +2,7 @@
 
 Prints slowrun's two_hour/train.py log lines (initial val, `Starting epoch`, step lines, per-epoch
 val, summary) so one parser serves both tracks. Exit codes: 0 ok, 2 bad flags/shapes (one
-`error:` line on stderr, before any training), 3 diverged (non-finite loss).
+`error:` line on stderr, before any training), 3 diverged (non-finite training or val loss).
 """
 
 from __future__ import annotations
@@ -94,8 +94,11 @@ def resolve(args: argparse.Namespace) -> Settings:
         if val is not None:
             pre[key] = val
     scale = 1.0 if args.lr is None else args.lr  # --lr scales every learning rate at once
-    if not scale > 0:
-        raise ConfigError(f"--lr {args.lr} must be > 0")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ConfigError(f"--lr {args.lr} must be a finite number > 0")
+    for name in ("matrix_lr", "adam_lr", "embed_lr", "mix_lr", "weight_decay"):  # nan/negatives would train silently wrong
+        if not (math.isfinite(pre[name]) and pre[name] >= 0):
+            raise ConfigError(f"--{name.replace('_', '-')} {pre[name]} must be a finite number >= 0")
     for name in ("num_epochs", "batch_size", "train_docs", "val_docs"):
         if pre[name] < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1 (got {pre[name]})")
@@ -117,6 +120,21 @@ def resolve(args: argparse.Namespace) -> Settings:
                     adam_lr=pre["adam_lr"] * scale, embed_lr=pre["embed_lr"] * scale, mix_lr=pre["mix_lr"] * scale,
                     weight_decay=pre["weight_decay"], muoneq_r=args.muoneq_r, ns_method=args.ns_method,
                     seed=args.seed, device=device)
+
+
+def check_data_fits(s: Settings) -> MiniData:
+    """Reject a batch the training split cannot fill, or a val split shorter than one sequence,
+    before anything is printed (the loader and the bpb division would otherwise fail mid-run)."""
+    data = build_data(s.train_docs, s.val_docs)
+    T = s.model.seq_len
+    n_train, n_val = (len(data.train) - 1) // T, (len(data.val) - 1) // T
+    if n_train < s.batch_size:
+        raise ConfigError(f"one batch needs {s.batch_size} sequences of {T} tokens but --train-docs {s.train_docs} "
+                          f"gives {n_train}; lower --batch-size or --seq-len, or raise --train-docs")
+    if n_val < 1:
+        raise ConfigError(f"the val split ({len(data.val)} tokens, --val-docs {s.val_docs}) is shorter than one "
+                          f"sequence of {T} tokens; raise --val-docs or lower --seq-len")
+    return data
 
 
 def make_optimizer(model: GPT, s: Settings) -> MuonAdamW:
@@ -194,7 +212,7 @@ def train(s: Settings, log=print) -> int:
         warmdown = max(1, round(WARMDOWN_RATIO * total_steps))
         return 1.0 if it <= total_steps - warmdown else max(0.0, (total_steps - it) / warmdown)
 
-    def muon_momentum(it: int) -> float:  # 0.85 -> 0.95 ramp (upstream: over 300 of ~10k steps)
+    def muon_momentum(it: int) -> float:  # 0.85 -> 0.95 ramp (upstream: over the first 300 steps)
         frac = min(it / max(1, total_steps // 10), 1.0)
         return 0.85 + 0.10 * frac
 
@@ -202,6 +220,9 @@ def train(s: Settings, log=print) -> int:
     with autocast:
         val_bpb, val_loss = evaluate(model, data, s.batch_size, device)
     log(f"Step {step:05d} | Val BPB: {val_bpb:.6f} | Val Loss: {val_loss:.6f}")
+    if not math.isfinite(val_loss):
+        log(f"Diverged: non-finite loss at step {step:05d}")
+        return 3
     min_val_bpb, min_val_loss = val_bpb, val_loss
     log("Starting epoch 1")
     x, y, epoch = next(loader)
@@ -248,6 +269,9 @@ def train(s: Settings, log=print) -> int:
             with autocast:
                 val_bpb, val_loss = evaluate(model, data, s.batch_size, device)
             log(f"Step {step:05d} | Epoch {current_epoch} | Val BPB: {val_bpb:.6f} | Val Loss: {val_loss:.6f}")
+            if not math.isfinite(val_loss):  # weights blew up on the last step(s): the min below would hide it
+                log(f"Diverged: non-finite loss at step {step:05d}")
+                return 3
             if val_bpb < min_val_bpb:
                 min_val_bpb, min_val_loss = val_bpb, val_loss
             current_epoch = epoch
@@ -269,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = resolve(args)
+        check_data_fits(settings)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
