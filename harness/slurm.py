@@ -18,6 +18,7 @@ import datetime as dt
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -52,6 +53,11 @@ _OUTSIDE: dict[str, tuple[str, str]] = {
     "NODE_FAIL": ("crashed", "node {node} failed under Slurm job {job}"),
     "BOOT_FAIL": ("crashed", "node {node} failed to boot for Slurm job {job}"),
 }
+# submitit asks Slurm for SIGUSR2 this many seconds before the time limit (its default is 90) and
+# answers it by failing the job unless the function can checkpoint. Runs here cannot, and the signal
+# also reaches the trainer (Slurm signals every process of the step), so it only ended runs early as
+# "failed". `--signal=USR2@0` means "never": the job runs to its limit and Slurm records TIMEOUT.
+SIGNAL_DELAY_S = 0
 # File systems a cluster's nodes can share; anything else is local to the submitting machine.
 _SHARED_FS = frozenset(
     {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "smbfs", "ceph", "cephfs", "glusterfs",
@@ -106,9 +112,10 @@ def parse_time_limit(value: Any) -> int:
             minutes = a + b / 60
         else:
             minutes = a
-    # submitit signals the job 90 s before its limit: below 2 minutes that signal comes at once.
-    if minutes < 2:
-        raise UserError(f"slurm time limit must be at least 2 minutes, got {value!r}")
+    # Slurm counts limits in whole minutes (seconds round up); 1 minute is the smallest limit.
+    # No pre-limit signal is requested (see `SIGNAL_DELAY_S`), so short limits are safe.
+    if minutes <= 0:
+        raise UserError(f"slurm time limit must be at least 1 minute, got {value!r}")
     return int(-(-minutes // 1))
 
 
@@ -330,14 +337,17 @@ def apply_scheduler_state(record: RunRecord, state: str, node: str = "", limit: 
     ex = record.executor
     job = ex.get("job_id", "?")
     node = node or ex.get("node") or "?"
+    ending = ex.pop("run_ending", None)  # how the run saw its own end when a signal stopped it (run_job)
     if state in _OUTSIDE and record.status not in COMPLETE:
         status, msg = _OUTSIDE[state]
         record.status, record.error = status, msg.format(job=job, node=node, limit=limit or "?")
+    elif record.status in ("pending", "running") and ending:
+        record.status, record.error = ending.get("status", "interrupted"), ending.get("error")
     elif record.status in ("pending", "running"):
         # The job ended without writing its final record (killed hard, or died before the run started).
         folder = ex.get("submitit_folder", "")
         record.status = "killed" if state == "GONE" else "failed"
-        record.error = f"Slurm job {job} ended ({state}) before the run wrote its result; see {folder}/{job}_0_log.err"
+        record.error = f"Slurm job {job} ended ({state}) before the run wrote its result; see {folder}/{job}/{job}_0_log.err"
     ex["state"] = state if state != "GONE" else ex.get("state", "GONE")
     if node and node != "?":
         ex["node"] = node
@@ -418,6 +428,24 @@ def _job_info(meta: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
+def _ignore_submitit_signal() -> None:
+    """Replace submitit's handler of its pre-timeout/preemption signal (USR2) in the job by a note.
+
+    submitit would fail the run (not checkpointable) or `scontrol requeue` it on its own; here the
+    cluster's settings decide (TIMEOUT, PREEMPTED, or a requeue only with `--requeue`). We ask for no
+    such signal (`SIGNAL_DELAY_S`), but clusters with `PreemptParameters=send_user_signal` send it.
+    """
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    def note(signum: int, _frame: Any) -> None:
+        print(f"harness: got {signal.Signals(signum).name} from Slurm; the run goes on until Slurm stops it", file=sys.stderr, flush=True)
+
+    try:
+        signal.signal(SlurmJobEnvironment._usr_sig(), note)
+    except ValueError:  # not the main thread: leave submitit's handler
+        pass
+
+
 def run_job(plan: RunPlan, meta: dict[str, Any]) -> dict[str, Any]:
     """The function each Slurm job runs: execute the claimed plan into the shared store."""
     run_dir = Path(plan.run_dir or "")
@@ -436,7 +464,15 @@ def run_job(plan: RunPlan, meta: dict[str, Any]) -> dict[str, Any]:
     if log.exists():  # a requeued job: keep the interrupted attempt's log apart from the new one
         n = 1 + len(list(run_dir.glob("train.requeued-*.log")))
         log.rename(run_dir / f"train.requeued-{n}.log")
+    _ignore_submitit_signal()
     rec = execute_plan(plan, executor=_job_info(meta))
+    if rec.status == "interrupted" or rec.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM):
+        # A signal from Slurm stopped the run: a cancel, a preemption, the time limit, or a requeue
+        # after which this same job runs again. Only the job's final state tells which, so the
+        # record stays open (`taken`, not a candidate for a duplicate) until `finalize` reads it.
+        why = f"Slurm job {my_id} stopped the run with SIGTERM"
+        rec.executor["run_ending"] = {"status": "interrupted", "error": why}
+        rec.status, rec.error = "running", f"{why}; its final state (cancelled, preempted, timeout, requeued) decides"
     rec.executor["state"] = "COMPLETING"  # the job itself is done; `finalize` records Slurm's final word
     Store(plan.results_root).write(run_dir, rec)
     return rec.to_dict()
@@ -534,6 +570,7 @@ class SlurmExecutor:
             "nodes": 1,
             "ntasks_per_node": 1,  # one task per run: torchrun inside starts the per-GPU workers
             "cpus_per_task": s.cpus_per_node or 1,
+            "signal_delay_s": SIGNAL_DELAY_S,
         }
         if gpus:
             params["gpus_per_node"] = gpus

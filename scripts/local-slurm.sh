@@ -4,6 +4,7 @@
 # No systemd needed. Everything it generates lives under $HARNESS_SLURM_DIR.
 #
 #   scripts/local-slurm.sh start    install Debian's packages if missing, start, wait for an idle node
+#                                   (partitions: debug = default; low/high = real preemption for tests)
 #   scripts/local-slurm.sh stop     cancel all jobs, stop exactly the daemons this script started (by PID)
 #   scripts/local-slurm.sh status   which daemons run, and sinfo
 #   scripts/local-slurm.sh env      print `export SLURM_CONF=...` for shells that need it
@@ -110,8 +111,16 @@ FirstJobId=$(<"$DIR/first_job_id")
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 JobCompType=jobcomp/none
+# Real preemption for tests: a job in \`high\` (higher PriorityTier) preempts jobs in \`low\` on the
+# same node. In \`low\` a preempted job is requeued if it was submitted with --requeue, else
+# cancelled (JobRequeue=0: no requeue unless asked); jobs in \`debug\` and \`high\` are never preempted.
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+JobRequeue=0
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus SocketsPerBoard=$sockets CoresPerSocket=$cores ThreadsPerCore=$threads RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=OFF
+PartitionName=low Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE
+PartitionName=high Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 EOF
 
     cat >"$DBDCONF" <<EOF

@@ -38,6 +38,7 @@ _REACHABLE, _WHY = slurm_reachable()
 needs_slurm = pytest.mark.skipif(not _REACHABLE, reason=f"no Slurm cluster reachable ({_WHY}); run scripts/local-slurm.sh start")
 FAST = ["--preset", "smoke", "--num-epochs", "1", "--max-steps", "3", "--threads", "1"]
 SLOW = ["--preset", "smoke", "--num-epochs", "200", "--threads", "1"]  # runs until cancelled
+MEDIUM = ["--preset", "smoke", "--num-epochs", "30", "--threads", "1"]  # ~8 s: time to preempt it, short to rerun
 
 
 @pytest.fixture
@@ -83,8 +84,9 @@ def test_settings_from_file_and_flags(tmp_path: Path) -> None:
     assert (s.partition, s.account, s.time_limit_min, s.gpus_per_node) == ("gpu", "other", 150, 8)
     assert s.sbatch == {"qos": "high", "constraint": "h100"}
     assert parse_time_limit("1-00:00") == 1440 and parse_time_limit(5) == 5
-    with pytest.raises(UserError, match="at least 2 minutes"):
-        parse_time_limit(1)
+    assert parse_time_limit(1) == 1 and parse_time_limit("0:30") == 1  # Slurm's granularity: whole minutes
+    with pytest.raises(UserError, match="at least 1 minute"):
+        parse_time_limit(0)
     cfg.write_text('[slurm]\npartitoin = "gpu"\n')
     with pytest.raises(UserError, match="unknown \\[slurm\\] key"):
         load_settings(cfg)
@@ -115,6 +117,33 @@ def test_scheduler_states_are_classified(state: str, before: str, status: str, w
     if words:
         assert words in out.error
     assert out.ended_at is not None
+
+
+@pytest.mark.parametrize(
+    "state,status,words",
+    [
+        ("PREEMPTED", "preempted", "was preempted"),
+        ("TIMEOUT", "timeout", "time limit"),
+        ("CANCELLED", "interrupted", "was cancelled"),
+        ("COMPLETED", "interrupted", "stopped the run with SIGTERM"),  # e.g. `scancel --signal=TERM`
+    ],
+)
+def test_run_stopped_by_slurm_signal_waits_for_the_final_state(state: str, status: str, words: str) -> None:
+    # What run_job writes when Slurm's SIGTERM stopped the run: still open, with the run's own view aside.
+    ending = {"status": "interrupted", "error": "Slurm job 42 stopped the run with SIGTERM"}
+    rec = RunRecord("r", "v", "mini", 0, "k", status="running", executor={"kind": "slurm", "job_id": "42", "run_ending": ending})
+    out = apply_scheduler_state(rec, state, "n7", "1 min")
+    assert (out.status, out.executor["state"]) == (status, state) and words in out.error
+    assert "run_ending" not in out.executor
+
+
+def test_no_pre_timeout_signal_is_requested(tmp_path: Path) -> None:
+    # submitit's default `--signal=USR2@90` ended runs 90 s early as "failed"; @0 asks for none.
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    params = SlurmExecutor(Store(tmp_path / "results"), SlurmSettings(time_limit_min=1))._params(None)
+    text = _make_sbatch_string(command="true", folder=str(tmp_path), **params)
+    assert "#SBATCH --signal=USR2@0\n" in text and "#SBATCH --time=1\n" in text
 
 
 def test_results_must_be_shared_with_remote_nodes(tmp_path: Path) -> None:
@@ -230,29 +259,125 @@ def test_recovery_after_submitter_killed(variants: Path, tmp_path: Path) -> None
     assert final.status == "ok" and final.executor["job_id"] == job  # collected, not resubmitted
 
 
+def _run_dir_training(results: Path) -> RunRecord:
+    """The single run's record once its job runs and its trainer has logged a step (a fresh train.log)."""
+
+    def ready() -> RunRecord | None:
+        recs = [r for r in _records(results) if r.status == "running" and r.executor.get("job_id")]
+        if not recs:
+            return None
+        log = results / recs[0].variant / recs[0].run_id / "train.log"
+        return recs[0] if log.exists() and "\nstep " in log.read_text() else None
+
+    return _wait_for(ready, what="the run to start training")
+
+
+def _preempt_node() -> str:
+    """Submit a job to the high-priority partition that needs every CPU of the node: Slurm must
+    preempt what runs in `low` (scripts/local-slurm.sh configures preempt/partition_prio)."""
+    parts = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout.split()
+    assert {"low", "high"} <= {p.rstrip("*") for p in parts}, "cluster without preemption; restart it: scripts/local-slurm.sh stop && start"
+    cpus = subprocess.run(["sinfo", "-h", "-p", "high", "-o", "%c"], capture_output=True, text=True).stdout.split()[0]
+    r = subprocess.run(["sbatch", "--parsable", "-p", "high", "-c", cpus.rstrip("+"), "-o", "/dev/null", "--wrap", "sleep 1"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip().split(";")[0]
+
+
+def _squeue(job: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T|%r"], capture_output=True, text=True).stdout.strip()
+
+
 @pytest.mark.slurm
 @needs_slurm
-def test_preempted_run_requeued_in_place(variants: Path, tmp_path: Path) -> None:
+def test_preempted_run_recorded_then_requeued_without_duplicate(variants: Path, tmp_path: Path) -> None:
+    """Real preemption: a run in partition `low` is preempted by a job in `high` (no --requeue: cancelled)."""
     results = tmp_path / "results"
-    store = Store(results)
-    reg = load_registry(variants)
-    plan = plan_runs([reg.get("fast")], [0], "mini", store)
-    ex = SlurmExecutor(store, SlurmSettings(time_limit_min=10, poll_s=0.3))
-    (h,) = ex.submit(plan.to_run)
-    ex.cancel([h])
-    ex.wait([h], timeout_s=120)
-    # The test cluster has no preemption configured: record the job's ending as Slurm reports a
-    # preemption (state PREEMPTED), the one input that cannot be produced here.
-    run_dir = Path(h.run_dir)
-    rec = apply_scheduler_state(RunRecord.from_dict(json.loads((run_dir / "run.json").read_text())), "PREEMPTED")
-    store.write(run_dir, rec)
-    r = _slurm_run(variants, results, "fast")
-    assert r.returncode == 0 and "--requeue" in r.stdout and _records(results)[0].status == "preempted"
-    r = _slurm_run(variants, results, "fast", "--requeue")
-    assert r.returncode == 0, r.stdout + r.stderr
-    (final,) = _records(results)  # one record, in the same folder
-    assert final.run_id == rec.run_id and final.status == "ok"
-    assert final.executor["previous_jobs"] == [h.job_id] and final.executor["job_id"] != h.job_id
+    write_variant(variants, "medium", MEDIUM)
+    jobs: list[str] = []
+    try:
+        r = _slurm_run(variants, results, "medium", "--partition", "low", "--no-wait")
+        assert r.returncode == 0, r.stderr
+        first = _run_dir_training(results)
+        job = first.executor["job_id"]
+        jobs += [job, _preempt_node()]
+        _wait_for(lambda: _sacct_state(job) == "PREEMPTED", what="Slurm to preempt the run")
+        # Collected by the next `harness run`, recorded as preempted, and not run again without --requeue.
+        r = _slurm_run(variants, results, "medium", "--partition", "low")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "not re-running 1 preempted run(s); pass --requeue" in r.stdout and "submitted" not in r.stdout
+        (rec,) = _records(results)
+        assert rec.status == "preempted" and f"Slurm job {job} was preempted" in rec.error
+        assert (rec.executor["state"], rec.executor["partition"]) == ("PREEMPTED", "low")
+        row = json.loads(harness("status", "--results", str(results), "--json").stdout)[0]
+        assert (row["group"], row["status"], row["scheduler_state"]) == ("failed", "preempted", "PREEMPTED")
+        # --requeue: the same run again in its own folder; one record, the old job listed.
+        r = _slurm_run(variants, results, "medium", "--partition", "low", "--requeue")
+        assert r.returncode == 0, r.stdout + r.stderr
+        (final,) = _records(results)
+        jobs.append(final.executor["job_id"])
+        assert final.run_id == rec.run_id and final.run_key == rec.run_key and final.status == "ok"
+        assert final.executor["previous_jobs"] == [job] and final.executor["job_id"] != job
+        assert final.executor["state"] == "COMPLETED" == _sacct_state(final.executor["job_id"])
+        run_dir = results / "medium" / final.run_id
+        assert "step " in (run_dir / "train.requeued-1.log").read_text()  # the preempted attempt's log, kept
+        assert (run_dir / "train.log").read_text().count("Min val Loss") == 1
+    finally:
+        subprocess.run(["scancel", *jobs], capture_output=True)
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_slurm_requeues_preempted_job_in_place(variants: Path, tmp_path: Path) -> None:
+    """PreemptMode=REQUEUE with `--requeue`: Slurm itself requeues the preempted job (same job id)."""
+    results = tmp_path / "results"
+    write_variant(variants, "medium", MEDIUM)
+    cmd = [sys.executable, "-m", "harness.cli", "run", "medium", "--requeue", "--partition", "low", "--executor", "slurm",
+           "--track", "mini", "--time-limit", "10", "--variants", str(variants), "--results", str(results)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # follows the job
+    job = ""
+    try:
+        job = _run_dir_training(results).executor["job_id"]
+        _preempt_node()
+        _wait_for(lambda: _squeue(job) == "PENDING|BeginTime", what="Slurm to requeue the preempted job")
+        rows = status_rows(Store(results))  # requeued: still in progress, not a failure nor a candidate to resubmit
+        assert rows[0]["group"] in ("pending", "running") and rows[0]["scheduler_state"] == "PENDING", rows
+        # Slurm holds a requeued job back for about 2 minutes (BeginTime); let it start now.
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, capture_output=True)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["scancel", job], capture_output=True)
+    assert proc.returncode == 0, out
+    (final,) = _records(results)
+    assert final.status == "ok" and final.executor["job_id"] == job and final.executor["restarts"] == 1
+    assert "previous_jobs" not in final.executor  # same job, requeued by Slurm
+    run_dir = results / "medium" / final.run_id
+    assert "step " in (run_dir / "train.requeued-1.log").read_text()
+    sacct = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", job, "-o", "State"], capture_output=True, text=True).stdout.split()
+    assert sacct == ["PREEMPTED", "COMPLETED"]
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_time_limit_recorded_as_timeout(variants: Path, tmp_path: Path) -> None:
+    """A 1-minute limit on a run that needs minutes: Slurm ends it (TIMEOUT), recorded as `timeout`.
+
+    Takes 60-90 s plus KillWait: slurmctld checks time limits every 30 s (a compiled-in period).
+    """
+    results = tmp_path / "results"
+    write_variant(variants, "endless", ["--preset", "smoke", "--num-epochs", "1000", "--threads", "1"])
+    r = harness("run", "endless", "--executor", "slurm", "--track", "mini", "--time-limit", "1", "--json",
+                "--variants", str(variants), "--results", str(results), timeout=240)  # fmt: skip
+    assert r.returncode == 4, r.stdout + r.stderr
+    (rec,) = _records(results)
+    job = rec.executor["job_id"]
+    assert rec.status == "timeout" and rec.error == f"Slurm job {job} reached its time limit (1 min)"
+    assert rec.executor["state"] == "TIMEOUT" == _sacct_state(job) and rec.executor["time_limit_min"] == 1
+    assert rec.metrics.min_val_loss is not None  # what it logged before the limit is kept
+    elapsed = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job, "-o", "ElapsedRaw"], capture_output=True, text=True).stdout.split()
+    assert int(elapsed[0]) >= 60  # ran to the limit: no early end from submitit's USR2
 
 
 @pytest.mark.slurm
