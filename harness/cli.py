@@ -35,10 +35,10 @@ def _console(args: argparse.Namespace) -> Console:
     return con
 
 
-def _add_common(p: argparse.ArgumentParser, results: bool = True) -> None:
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """The flags every verb shares, with the same meaning everywhere."""
     p.add_argument("--variants", metavar="DIR", default=None, help="variants folder (env HARNESS_VARIANTS, default ./variants)")
-    if results:
-        p.add_argument("--results", metavar="DIR", default=None, help="results store (env HARNESS_RESULTS, default ./results)")
+    p.add_argument("--results", metavar="DIR", default=None, help="results store (env HARNESS_RESULTS, default ./results)")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
