@@ -31,6 +31,10 @@ VERDICT_WORDS = {
     ("gain", "fail"): "no gain",
     ("no-regression", "pass"): "no regression",
     ("no-regression", "fail"): "regression",
+    ("gain", "not shown"): "neither a gain nor its absence shown at --max-seeds",
+    ("no-regression", "not shown"): "neither 'no regression' nor a regression shown at --max-seeds",
+    ("gain", "runs failed"): "a run failed to measure; nothing decided",
+    ("no-regression", "runs failed"): "a run failed to measure; nothing decided",
 }
 
 

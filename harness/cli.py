@@ -333,7 +333,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from harness import check
 
     opts = check.CheckOptions(
-        candidate=args.candidate, against=args.against, mode=args.mode, margin=args.margin, alpha=args.alpha,
+        candidate=args.candidate, against=args.against, mode=args.mode or ("no-regression" if args.aa else "gain"), margin=args.margin, alpha=args.alpha,
         power=args.power, min_seeds=args.seeds, max_seeds=args.max_seeds, record=args.record, ref=args.ref,
         patch=args.patch, aa=args.aa, track=args.track, executor=args.executor, results=args.results,
         variants=args.variants, repo=args.repo, timeout_s=args.timeout * 60 if args.timeout else None, slurm_args=args,
@@ -443,7 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="PR gate: paired seed rounds, sequential test; exit 0 pass, 1 fail, 3 not shown, 4 runs failed")
     p.add_argument("candidate", nargs="?", default=None, help="candidate variant (omit with --aa or --ref/--patch)")
     p.add_argument("--against", required=True, metavar="BASELINE", help="baseline variant")
-    p.add_argument("--mode", choices=("gain", "no-regression"), default="gain", help="gain: pass only on a real gain; no-regression: pass unless worse by --margin")
+    p.add_argument("--mode", choices=("gain", "no-regression"), default=None,
+                   help="gain: pass only on a real gain; no-regression: pass unless worse by --margin "
+                        "(default gain; no-regression with --aa, where a pass calibrates the noise floor)")
     p.add_argument("--margin", type=float, default=None, help="loss margin: the gain to detect / the allowed regression (default 0.001 upstream, 0.05 mini)")
     p.add_argument("--alpha", type=float, default=0.05, help="error rate of a wrong pass, over all looks (default 0.05)")
     p.add_argument("--power", type=float, default=0.9, help="power at the margin; futility is tested at 1-power (default 0.9)")

@@ -72,6 +72,11 @@ def test_aa_passes_no_regression_then_claims_no_gain_reusing_runs(world: dict[st
     assert "reusing 6 stored run(s)" in r.stderr
     assert len(_runs(world)) - n_before == out["runs_launched"] <= 2
 
+    # without --mode, an A/A check is a no-regression check: its pass is the calibration
+    r = _check("--aa", "--against", "base", "--margin", "0.5", "--seeds", "3", "--max-seeds", "4", "--json", *_common(world))
+    out = json.loads(r.stdout)
+    assert out["rule"]["mode"] == "no-regression" and r.returncode == 0 and out["runs_launched"] == 0, r.stderr
+
 
 @pytest.mark.slow
 def test_handicap_caught_as_regression_reusing_baseline(world: dict[str, Path]) -> None:
