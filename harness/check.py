@@ -409,7 +409,9 @@ def markdown(res: CheckResult) -> str:
     out.append(f"**Seeds used:** {d['seeds_used']} per side (max {res.design.max_seeds}); "
                f"{d['runs_launched']} run(s) launched, {d['runs_reused']} reused from the store.")
     h = d["hours"]
-    out.append(f"**{h['unit'].split(' ')[0]} spent:** {h['spent']:.3f} this check ({h['including_reused']:.3f} including reused runs); {h['unit']}.")
+    name, _, basis = h["unit"].partition(" ")
+    out.append(f"**{name} spent:** {h['spent']:.3f} by this check ({h['including_reused']:.3f} including reused runs"
+               + (f"; {basis.strip('()')})." if basis else ")."))
     if d["record"]:
         r = d["record"]
         out.append(f"**Record {r['record']:g}:** candidate mean {r['candidate_mean']:.6f}, one-sided t-test p = {r['p_value']:.3g}.")
