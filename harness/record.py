@@ -67,6 +67,16 @@ class Metrics:
     early_stopped: bool = False
     over_time_limit: bool | None = None  # training_time_s > the track's limit (None: no limit)
 
+    @property
+    def has_val_loss(self) -> bool:
+        """A run without any validation loss measured nothing, whatever its exit code."""
+        return self.min_val_loss is not None or self.final_val_loss is not None
+
+    def mark_time_limit(self, limit_s: float | None) -> None:
+        """Set `over_time_limit`; it stays None when the limit or the training time is unknown."""
+        if limit_s is not None and self.training_time_s is not None:
+            self.over_time_limit = self.training_time_s > limit_s
+
 
 @dataclass
 class RunRecord:

@@ -314,10 +314,8 @@ def finish_record(record: RunRecord, run_dir: Path, result: ProcessResult, time_
     text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
     parsed = parse_log(text)
     m = parsed.metrics
-    has_metric = m.min_val_loss is not None or m.final_val_loss is not None
-    status, error = classify(result, text, has_metric, parsed.diverged)
-    if time_limit_s is not None and m.training_time_s is not None:
-        m.over_time_limit = m.training_time_s > time_limit_s
+    status, error = classify(result, text, m.has_val_loss, parsed.diverged)
+    m.mark_time_limit(time_limit_s)
     record.metrics = m
     record.status = status
     record.error = redact(error) if error else None

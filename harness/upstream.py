@@ -59,14 +59,6 @@ def data_check(m: source.Materialised, variant: str, repo: str | None = None) ->
     return Check("data", True, f"{', '.join(info.files)} verified in {info.folder}")
 
 
-def over_time_limit(training_time_s: float | None, spec: VariantSpec) -> bool | None:
-    """True when training time exceeds the track's cap (two_hour: 120 min); None if either is unknown."""
-    limit = spec.track.time_limit_s
-    if limit is None or training_time_s is None:
-        return None
-    return training_time_s > limit
-
-
 def prepare_data(spec: VariantSpec, repo: str | None = None, python: str | None = None, root: Path | None = None) -> Path:
     """Run the pinned commit's own prepare_data.py in a worktree; its `fineweb_data/` is the shared folder.
 
@@ -150,18 +142,18 @@ def import_logs(
     ckey = config_key(spec, "upstream")
     out = []
     with lock_or_fail(store):
-        existing = {sr.record.run_key for sr in store.runs()}
-        seeds_used = [sr.record.seed for sr in store.runs() if sr.record.variant == spec.name]
+        stored = store.runs()  # read the store once: it parses every run.json
+        existing = {sr.record.run_key for sr in stored}
+        seeds_used = [sr.record.seed for sr in stored if sr.record.variant == spec.name]
         next_seed = seed if seed is not None else (max(seeds_used) + 1 if seeds_used else 0)
         for path, digest, pl in parsed:
             rkey = _digest({"config_key": ckey, "imported_log_sha256": digest})
             if rkey in existing:
                 continue
             m = pl.metrics
-            m.over_time_limit = over_time_limit(m.training_time_s, spec)
-            has_metric = m.min_val_loss is not None or m.final_val_loss is not None
+            m.mark_time_limit(spec.track.time_limit_s)
             status, error = ("diverged", "loss became NaN/inf") if pl.diverged else (
-                ("ok", None) if has_metric else ("failed", "the imported log has no validation loss")
+                ("ok", None) if m.has_val_loss else ("failed", "the imported log has no validation loss")
             )
             prov = base_provenance(spec, "upstream", ())
             prov.update(hardware=hardware, imported_from=str(path.resolve()), log_sha256=digest)
