@@ -26,7 +26,7 @@ from harness.launch import ProcessResult, classify, run_process
 from harness.logs import parse_log
 from harness.record import COMPLETE, RunRecord, redact
 from harness.spec import VariantSpec, config_key, run_config, run_key
-from harness.store import Store, StoredRun, lock_or_fail, owner_alive, owner_info
+from harness.store import Store, StoredRun, lock_or_fail, owner_info
 
 LineCallback = Callable[[str], None]
 
@@ -255,7 +255,7 @@ def plan_runs(
                 if prev.record.status in COMPLETE:
                     plan.complete.append(prev)
                     continue
-                if prev.record.status in ("running", "pending") and owner_alive(prev.record.executor) is not False:
+                if Store.is_in_progress(prev.record):
                     plan.in_progress.append(prev)
                     continue
             plan.to_run.append(p)
@@ -273,8 +273,7 @@ def taken(prev: StoredRun | None) -> bool:
     """Whether a stored attempt makes a new one pointless: complete, or in progress with a live owner."""
     if prev is None:
         return False
-    st = prev.record.status
-    return st in COMPLETE or (st in ("running", "pending") and owner_alive(prev.record.executor) is not False)
+    return prev.record.status in COMPLETE or Store.is_in_progress(prev.record)
 
 
 def claim(plan: RunPlan, store: Store, force: bool = False, executor: dict[str, Any] | None = None) -> bool:

@@ -182,6 +182,11 @@ class Store:
             return False
         return owner_alive(record.executor) is False
 
+    @staticmethod
+    def is_in_progress(record: RunRecord) -> bool:
+        """A `running`/`pending` record whose owner is alive, or cannot be told from here (Slurm)."""
+        return record.status in ("running", "pending") and not Store.is_stale(record)
+
     def load_table(self) -> pd.DataFrame:
         rows = []
         for sr in self.runs():
